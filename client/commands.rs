@@ -1,0 +1,190 @@
+//! The commands, one function each, shared by one-shot use and the shell.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Subcommand;
+use ftpd::proto::{EntryKind, ErrorCode, MAX_LIST_ENTRIES, Reply, Request};
+
+use crate::conn::Conn;
+use crate::display;
+use crate::error::Failure;
+use crate::transfer;
+
+/// A command that works on a session (the shell adds `cd` and `exit`).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the server's version and the round-trip time (no login needed).
+    Ping,
+    /// List a directory (default: the current one).
+    Ls { path: Option<String> },
+    /// Create a directory.
+    Mkdir { path: String },
+    /// Remove an empty directory.
+    Rmdir { path: String },
+    /// Remove a file.
+    Rm { path: String },
+    /// Move or rename a file or directory (replaces an existing file).
+    Mv { from: String, to: String },
+    /// Show type, size and modification time of a path.
+    Stat { path: String },
+    /// Show used, limit and available space.
+    Quota,
+    /// Show the current remote directory.
+    Pwd,
+    /// Upload a file, resuming an unfinished upload of it.
+    Put {
+        local: PathBuf,
+        /// Remote path or directory (default: the local file's name).
+        remote: Option<String>,
+        /// Start over even if part of the file is already on the server.
+        #[arg(long)]
+        no_resume: bool,
+    },
+    /// Download a file, resuming from LOCAL.part if it exists.
+    Get {
+        remote: String,
+        /// Local path or directory (default: the remote file's name, here).
+        local: Option<PathBuf>,
+        /// Start over even if LOCAL.part exists.
+        #[arg(long)]
+        no_resume: bool,
+    },
+}
+
+/// Runs one command on a session (logged in, except for `ping`).
+pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
+    match cmd {
+        Command::Ping => ping(conn),
+        Command::Ls { path } => ls(conn, path.as_deref().unwrap_or("")),
+        Command::Mkdir { path } => Ok(conn.call_ok(&Request::Mkdir { path: path.clone() })?),
+        Command::Rmdir { path } => Ok(conn.call_ok(&Request::Rmdir { path: path.clone() })?),
+        Command::Rm { path } => Ok(conn.call_ok(&Request::Remove { path: path.clone() })?),
+        Command::Mv { from, to } => Ok(conn.call_ok(&Request::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        })?),
+        Command::Stat { path } => {
+            let entry = stat(conn, path)?;
+            print_lines([display::stat_text(&entry)])
+        }
+        Command::Quota => match conn.call(&Request::Quota)? {
+            Reply::Quota(q) => print_lines([display::quota_text(&q)]),
+            other => Err(Failure::unexpected("Quota", &other).into()),
+        },
+        Command::Pwd => {
+            let cwd = pwd(conn)?;
+            print_lines([display::sanitize(&cwd)])
+        }
+        Command::Put {
+            local,
+            remote,
+            no_resume,
+        } => transfer::put(conn, local, remote.as_deref(), !no_resume, quiet),
+        Command::Get {
+            remote,
+            local,
+            no_resume,
+        } => transfer::get(conn, remote, local.as_deref(), !no_resume, quiet),
+    }
+}
+
+/// Prints the server's version and the time a `Ping` takes.
+fn ping(conn: &mut Conn) -> anyhow::Result<()> {
+    let started = Instant::now();
+    match conn.call(&Request::Ping)? {
+        Reply::Pong => {}
+        other => return Err(Failure::unexpected("Pong", &other).into()),
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    print_lines([format!(
+        "{} (protocol {}), round trip {ms:.2} ms",
+        conn.server(),
+        conn.version()
+    )])
+}
+
+/// Lists `path`, or shows a single entry when `path` is a file.
+fn ls(conn: &mut Conn, path: &str) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    conn.send(&Request::List { path: path.into() })?;
+    let (total, truncated) = loop {
+        match conn.recv() {
+            Ok(Reply::Entries(batch)) => {
+                // Bound memory even if the server ignores its own cap.
+                if entries.len() + batch.len() > MAX_LIST_ENTRIES {
+                    return Err(Failure::Link(format!(
+                        "protocol error: the server sent more than {MAX_LIST_ENTRIES} entries"
+                    ))
+                    .into());
+                }
+                entries.extend(batch);
+            }
+            Ok(Reply::ListEnd { total, truncated }) => break (total, truncated),
+            Ok(other) => return Err(Failure::unexpected("Entries or ListEnd", &other).into()),
+            Err(Failure::Refused {
+                code: ErrorCode::NotADirectory,
+                ..
+            }) if !path.is_empty() => {
+                // Like `ls -l FILE`: show the one entry.
+                entries.push(stat(conn, path)?);
+                break (1, false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    print_lines(display::listing_lines(&entries))?;
+    if truncated {
+        eprintln!(
+            "(the server truncated this listing: {} of {total} entries shown)",
+            entries.len()
+        );
+    }
+    Ok(())
+}
+
+/// Type, size and time of one path.
+pub fn stat(conn: &mut Conn, path: &str) -> Result<ftpd::proto::Entry, Failure> {
+    match conn.call(&Request::Stat { path: path.into() })? {
+        Reply::Entry(e) => Ok(e),
+        other => Err(Failure::unexpected("Entry", &other)),
+    }
+}
+
+/// Whether `path` is a directory on the server (false if it does not exist).
+pub fn is_remote_dir(conn: &mut Conn, path: &str) -> Result<bool, Failure> {
+    match stat(conn, path) {
+        Ok(e) => Ok(e.kind == EntryKind::Dir),
+        Err(Failure::Refused { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The current remote directory.
+pub fn pwd(conn: &mut Conn) -> Result<String, Failure> {
+    match conn.call(&Request::Pwd)? {
+        Reply::Cwd(cwd) => Ok(cwd.to_owned()),
+        other => Err(Failure::unexpected("Cwd", &other)),
+    }
+}
+
+/// Changes the remote directory and returns the new one.
+pub fn cd(conn: &mut Conn, path: &str) -> Result<String, Failure> {
+    match conn.call(&Request::Cd { path: path.into() })? {
+        Reply::Cwd(cwd) => Ok(cwd.to_owned()),
+        Reply::Ok => pwd(conn),
+        other => Err(Failure::unexpected("Cwd or Ok", &other)),
+    }
+}
+
+/// Writes lines to stdout in one go.
+fn print_lines<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in lines {
+        writeln!(out, "{}", line.as_ref()).context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")
+}

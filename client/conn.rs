@@ -1,0 +1,333 @@
+//! A blocking, framed connection to `ftpd`: connect, `Hello`, login, and
+//! request/reply exchange.
+//!
+//! Replies are decoded in place from one receive buffer (`frame::decode`
+//! borrows from it), so a downloaded chunk goes from the socket buffer to the
+//! file without another copy. The buffer is bounded: a frame never exceeds
+//! `MAX_FRAME`, and the length is checked before waiting for the body.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use ftpd::frame::{self, HEADER_LEN};
+use ftpd::proto::{ErrorCode, MAGIC, MAX_FRAME, NONCE_LEN, PROTOCOL_VERSION, Reply, Request};
+use ftpd::scram;
+
+use crate::display::sanitize;
+use crate::error::Failure;
+
+/// How long to wait for the TCP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one read or write may block. The server answers every request
+/// promptly (it is single-threaded and never waits on a client), so a
+/// minute of silence means it or the network is gone.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Shortest server nonce we accept: below 128 bits a replayed or predictable
+/// challenge becomes plausible.
+const MIN_SERVER_NONCE: usize = 16;
+
+/// Receive buffer size: several whole frames, so one `read` can take in a
+/// lot of a download at once, and a partial frame rarely has to be moved.
+const RX_CAP: usize = 4 * (MAX_FRAME + HEADER_LEN);
+
+/// Read at least this much per `read` call while streaming; below it the
+/// unread rest is moved to the front of the buffer first.
+const MIN_READ: usize = 64 * 1024;
+
+/// One session with the server.
+pub struct Conn {
+    stream: TcpStream,
+    /// Received bytes; `rx[start..end]` are not yet consumed.
+    rx: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Length of the frame handed out by the last [`Conn::recv`]; it is
+    /// consumed on the next call, once the caller no longer borrows it.
+    lent: usize,
+    /// Encoded requests, reused.
+    tx: Vec<u8>,
+    /// The server's self-description from `Hello` ("ftpd 0.1.0").
+    server: String,
+    /// The protocol version the server speaks.
+    version: u32,
+}
+
+impl Conn {
+    /// Connects to `addr` ("host:port") and exchanges `Hello`.
+    pub fn connect(addr: &str) -> Result<Conn, Failure> {
+        let cannot = |e: &dyn std::fmt::Display| Failure::Link(format!("cannot connect to {addr}: {e}"));
+        let addrs = addr.to_socket_addrs().map_err(|e| cannot(&e))?;
+        let mut last = None;
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(cannot(&e)),
+            (None, None) => return Err(cannot(&"no address found")),
+        };
+        let setup = || -> std::io::Result<()> {
+            // Requests are small and answered one by one: do not let Nagle
+            // hold them back waiting for an ACK.
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))
+        };
+        setup().map_err(|e| cannot(&e))?;
+        let mut conn = Conn {
+            stream,
+            rx: vec![0; RX_CAP].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            lent: 0,
+            tx: Vec::with_capacity(1024),
+            server: String::new(),
+            version: 0,
+        };
+        conn.hello()?;
+        Ok(conn)
+    }
+
+    fn hello(&mut self) -> Result<(), Failure> {
+        self.send(&Request::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+        })?;
+        match self.recv() {
+            Ok(Reply::Hello { version, server }) => {
+                self.server = sanitize(&server).into_owned();
+                self.version = version;
+                Ok(())
+            }
+            Ok(other) => Err(Failure::unexpected("Hello", &other)),
+            Err(Failure::Refused {
+                code: ErrorCode::VersionMismatch,
+                message,
+            }) => Err(Failure::Link(format!(
+                "version mismatch: this ftpc speaks protocol {PROTOCOL_VERSION}; the server says: {message}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The server's name and version, as it said in `Hello`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The protocol version the server speaks.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Logs in as `user` with SCRAM: proves we know the password without
+    /// sending it, and makes the server prove it knows the password's key.
+    pub fn login(&mut self, user: &str, password: &[u8]) -> Result<(), Failure> {
+        let failed = |m: &str| Failure::Login(format!("login failed for {}: {m}", sanitize(user)));
+        let login_error = |e: Failure| match e {
+            Failure::Refused { code, message } => match code {
+                ErrorCode::AuthFailed | ErrorCode::LockedOut | ErrorCode::TooManySessions => {
+                    failed(&message)
+                }
+                _ => Failure::Refused { code, message },
+            },
+            other => other,
+        };
+
+        let mut client_nonce = [0u8; NONCE_LEN];
+        scram::fill_random(&mut client_nonce)
+            .map_err(|e| Failure::Local(format!("cannot get random bytes: {e}")))?;
+        self.send(&Request::LoginStart {
+            user: user.to_owned(),
+            client_nonce: client_nonce.to_vec(),
+        })?;
+        let (server_nonce, salt, kdf) = match self.recv().map_err(login_error)? {
+            Reply::Challenge {
+                server_nonce,
+                salt,
+                kdf,
+            } => (server_nonce, salt, kdf),
+            other => return Err(Failure::unexpected("Challenge", &other)),
+        };
+        if server_nonce.len() < MIN_SERVER_NONCE {
+            return Err(Failure::Link(format!(
+                "protocol error: the server's nonce has only {} bytes",
+                server_nonce.len()
+            )));
+        }
+        // Before spending time and memory on scrypt: a hostile server could
+        // ask for settings that take minutes or gigabytes.
+        scram::check_kdf(&kdf)
+            .map_err(|e| Failure::Link(format!("refusing the server's login settings: {e}")))?;
+        let keys = scram::client_keys(password, &salt, &kdf)
+            .map_err(|e| Failure::Local(format!("cannot derive the login key: {e}")))?;
+        let auth_message = scram::Transcript {
+            user,
+            client_nonce: &client_nonce,
+            server_nonce: &server_nonce,
+            salt: &salt,
+            kdf,
+        }
+        .auth_message();
+        let proof = scram::client_proof(&keys, &auth_message);
+        self.send(&Request::LoginProof {
+            proof: proof.to_vec(),
+        })?;
+        match self.recv().map_err(login_error)? {
+            Reply::LoginOk { server_signature } => {
+                if scram::verify_server_signature(&keys, &auth_message, &server_signature) {
+                    Ok(())
+                } else {
+                    Err(Failure::Login(
+                        "the server could not prove it knows your password; refusing it".into(),
+                    ))
+                }
+            }
+            other => Err(Failure::unexpected("LoginOk", &other)),
+        }
+    }
+
+    /// Sends one request.
+    pub fn send(&mut self, req: &Request) -> Result<(), Failure> {
+        self.tx.clear();
+        frame::encode_into(req, &mut self.tx)
+            .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))?;
+        let Conn { stream, tx, .. } = self;
+        write_all(stream, tx)
+    }
+
+    /// Sends bytes that are already framed (upload chunks).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        write_all(&mut self.stream, bytes)
+    }
+
+    /// Receives the next reply. An `Error` reply becomes
+    /// [`Failure::Refused`]; the reply borrows the receive buffer until the
+    /// next call.
+    pub fn recv(&mut self) -> Result<Reply<'_>, Failure> {
+        self.start += std::mem::take(&mut self.lent);
+        let len = loop {
+            let data = &self.rx[self.start..self.end];
+            if let Some(header) = data.first_chunk::<HEADER_LEN>() {
+                let body = u32::from_be_bytes(*header) as usize;
+                if body > MAX_FRAME {
+                    return Err(Failure::Link(format!(
+                        "protocol error: the server sent a frame of {body} bytes"
+                    )));
+                }
+                if data.len() >= HEADER_LEN + body {
+                    break HEADER_LEN + body;
+                }
+            }
+            self.fill()?;
+        };
+        self.lent = len;
+        let frame = &self.rx[self.start..self.start + len];
+        match frame::decode::<Reply>(frame) {
+            Ok(Some((Reply::Error { code, message }, _))) => Err(Failure::refused(code, &message)),
+            Ok(Some((reply, _))) => Ok(reply),
+            // Cannot happen: the whole frame was checked to be present.
+            Ok(None) => Err(Failure::Link("protocol error: incomplete frame".into())),
+            Err(e) => Err(Failure::Link(format!("protocol error: {e}"))),
+        }
+    }
+
+    /// Sends `req` and receives its reply.
+    pub fn call(&mut self, req: &Request) -> Result<Reply<'_>, Failure> {
+        self.send(req)?;
+        self.recv()
+    }
+
+    /// Sends `req` and expects a plain `Ok`.
+    pub fn call_ok(&mut self, req: &Request) -> Result<(), Failure> {
+        match self.call(req)? {
+            Reply::Ok => Ok(()),
+            other => Err(Failure::unexpected("Ok", &other)),
+        }
+    }
+
+    /// Reads more bytes into the receive buffer.
+    fn fill(&mut self) -> Result<(), Failure> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.rx.len() - self.end < MIN_READ {
+            self.rx.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        loop {
+            match self.stream.read(&mut self.rx[self.end..]) {
+                Ok(0) => return Err(Failure::Link("the server closed the connection".into())),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                // A signal arrived; nothing was read.
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_failure(&e, "waiting for the server")),
+            }
+        }
+    }
+
+    /// Whether the server has sent something (or closed) without our
+    /// asking; lets an upload notice an early `Error` without blocking.
+    pub fn reply_waiting(&mut self) -> bool {
+        if self.start + self.lent < self.end {
+            return true;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let waiting = match self.stream.peek(&mut byte) {
+            // Data, or EOF: either way the next `recv` has something to say.
+            Ok(_) => true,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        };
+        // If this fails the next blocking read fails too and reports it.
+        let _ = self.stream.set_nonblocking(false);
+        waiting
+    }
+
+    /// Changes how long a read may block (a `PutDone` may follow a long
+    /// `fsync`).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        // Only fails for a zero duration, which callers never pass.
+        let _ = self.stream.set_read_timeout(Some(timeout));
+    }
+
+    /// Ends the session politely. Errors are ignored: the session is over
+    /// either way.
+    pub fn bye(mut self) {
+        if self.send(&Request::Bye).is_ok() {
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Failure> {
+    // `write_all` retries `Interrupted` itself.
+    stream
+        .write_all(bytes)
+        .map_err(|e| io_failure(&e, "sending to the server"))
+}
+
+/// Words for a socket error.
+fn io_failure(e: &std::io::Error, doing: &str) -> Failure {
+    match e.kind() {
+        // A socket timeout shows up as either, depending on the platform.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            Failure::Link(format!("timed out {doing}"))
+        }
+        _ => Failure::Link(format!("connection lost while {doing}: {e}")),
+    }
+}

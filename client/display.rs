@@ -1,0 +1,203 @@
+//! Turning what the server sends into text that is safe to print.
+//!
+//! Names come from the server (and from whoever uploaded them), so a name
+//! could carry terminal escape sequences or line breaks; everything printed
+//! goes through [`sanitize`] first. Times are shown in UTC, as the client has
+//! no time-zone database.
+
+use std::borrow::Cow;
+
+use ftpd::proto::{Entry, EntryKind, QuotaInfo};
+use ftpd::size::format_size;
+
+/// Replaces characters that could move the cursor, change colours or hide
+/// text (control characters, Unicode line separators and bidi overrides)
+/// with `?`.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unsafe) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| if is_unsafe(c) { '?' } else { c })
+            .collect(),
+    )
+}
+
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{2028}' | '\u{2029}'          // line and paragraph separators
+            | '\u{200e}' | '\u{200f}'        // left-to-right / right-to-left marks
+            | '\u{202a}'..='\u{202e}'        // bidi embeddings and overrides
+            | '\u{2066}'..='\u{2069}'        // bidi isolates
+        )
+}
+
+/// The `ls -l` style type letter.
+pub fn kind_char(kind: EntryKind) -> char {
+    match kind {
+        EntryKind::Dir => 'd',
+        EntryKind::File => '-',
+        EntryKind::Symlink => 'l',
+        EntryKind::Other => '?',
+    }
+}
+
+fn kind_word(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Dir => "directory",
+        EntryKind::File => "file",
+        EntryKind::Symlink => "symbolic link",
+        EntryKind::Other => "special file",
+    }
+}
+
+/// Formats a listing, one line per entry: type, size, time, name; sizes are
+/// right-aligned to the widest one.
+pub fn listing_lines(entries: &[Entry]) -> impl Iterator<Item = String> + '_ {
+    let width = entries
+        .iter()
+        .map(|e| e.size.to_string().len())
+        .max()
+        .unwrap_or(1);
+    entries.iter().map(move |e| {
+        format!(
+            "{} {:>width$} {} {}",
+            kind_char(e.kind),
+            e.size,
+            format_time(e.mtime, false),
+            sanitize(&e.name)
+        )
+    })
+}
+
+/// Formats the answer to `stat`.
+pub fn stat_text(e: &Entry) -> String {
+    format!(
+        "name:     {}\ntype:     {}\nsize:     {} bytes ({})\nmodified: {} UTC",
+        sanitize(&e.name),
+        kind_word(e.kind),
+        e.size,
+        format_size(e.size),
+        format_time(e.mtime, true),
+    )
+}
+
+/// Formats the answer to `quota`.
+pub fn quota_text(q: &QuotaInfo) -> String {
+    let mut out = format!("used       {}\n", format_size(q.used));
+    if q.reserved > 0 {
+        // Space promised to uploads in progress counts against the quota too.
+        out += &format!("reserved   {}\n", format_size(q.reserved));
+    }
+    out += &format!(
+        "limit      {}\navailable  {}",
+        format_size(q.limit),
+        format_size(q.available())
+    );
+    out
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM[:SS]` in UTC.
+pub fn format_time(secs: i64, with_seconds: bool) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (rem / 3600, rem / 60 % 60, rem % 60);
+    if with_seconds {
+        format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
+    } else {
+        format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}")
+    }
+}
+
+/// Converts days since 1970-01-01 to a proleptic Gregorian date
+/// (Howard Hinnant's `civil_from_days`, valid for every `i64` day count the
+/// server could send without overflowing).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days.saturating_add(719_468);
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March based
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_control_characters() {
+        assert_eq!(sanitize("plain name.txt"), "plain name.txt");
+        assert!(matches!(sanitize("ok"), Cow::Borrowed(_)));
+        assert_eq!(sanitize("a\x1b[2Jb"), "a?[2Jb");
+        assert_eq!(sanitize("two\nlines\r"), "two?lines?");
+        assert_eq!(sanitize("bell\x07 del\x7f c1\u{9b}"), "bell? del? c1?");
+        assert_eq!(sanitize("evil\u{202e}txt.exe"), "evil?txt.exe");
+        assert_eq!(sanitize("tab\there"), "tab?here");
+        assert_eq!(sanitize("ünïcödé ✓"), "ünïcödé ✓");
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(format_time(0, false), "1970-01-01 00:00");
+        assert_eq!(format_time(1_795_992_727, false), "2026-11-29 22:52");
+        assert_eq!(format_time(1_795_992_727, true), "2026-11-29 22:52:07");
+        assert_eq!(format_time(951_782_400, false), "2000-02-29 00:00");
+        assert_eq!(format_time(-1, true), "1969-12-31 23:59:59");
+        // Absurd times from a hostile server must not panic.
+        format_time(i64::MAX, true);
+        format_time(i64::MIN, true);
+    }
+
+    #[test]
+    fn listing_is_aligned_and_safe() {
+        let entries = [
+            Entry {
+                name: "docs".into(),
+                kind: EntryKind::Dir,
+                size: 4096,
+                mtime: 1_795_992_727,
+            },
+            Entry {
+                name: "a\x1bb".into(),
+                kind: EntryKind::File,
+                size: 7,
+                mtime: 0,
+            },
+            Entry {
+                name: "link".into(),
+                kind: EntryKind::Symlink,
+                size: 12,
+                mtime: 0,
+            },
+        ];
+        let lines: Vec<_> = listing_lines(&entries).collect();
+        assert_eq!(
+            lines,
+            [
+                "d 4096 2026-11-29 22:52 docs",
+                "-    7 1970-01-01 00:00 a?b",
+                "l   12 1970-01-01 00:00 link",
+            ]
+        );
+    }
+
+    #[test]
+    fn quota_shows_reserved_only_when_present() {
+        let q = QuotaInfo {
+            used: 10,
+            reserved: 0,
+            limit: 100,
+        };
+        assert!(!quota_text(&q).contains("reserved"));
+        let q = QuotaInfo { reserved: 5, ..q };
+        assert!(quota_text(&q).contains("reserved"));
+    }
+}

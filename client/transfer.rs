@@ -1,0 +1,456 @@
+//! `put` and `get`: streaming a file in `Chunk` frames, resuming an
+//! unfinished transfer, and checking the CRC32 of the whole file.
+//!
+//! Uploads read the file straight into one reused send buffer, after the
+//! frame header, and send several chunks per `write`; downloads write chunks
+//! straight from the receive buffer. Neither allocates per chunk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use crc32fast::Hasher;
+use ftpd::frame::{CHUNK_HEADER_MAX, chunk_header};
+use ftpd::proto::{CHUNK_SIZE, Reply, Request};
+use ftpd::size::format_size;
+
+use crate::commands::is_remote_dir;
+use crate::conn::{Conn, IO_TIMEOUT};
+use crate::error::Failure;
+use crate::progress::{Direction, Progress, note};
+
+/// postcard's variant index of [`Request::Chunk`], for [`chunk_header`]
+/// (checked against postcard by a test below).
+const REQUEST_CHUNK_TAG: u8 = 15;
+
+/// Chunks per `write` call: fewer syscalls, and still a bounded buffer.
+const CHUNKS_PER_WRITE: usize = 4;
+
+/// Every this many writes (32 chunks, 4 MiB) an upload looks whether the
+/// server already gave up on it (quota, disk full), instead of sending the
+/// rest for nothing.
+const WRITES_PER_CHECK: u64 = 8;
+
+/// How long to wait for `PutDone`: the server syncs the file to disk first,
+/// which for a large file on a slow disk can take minutes.
+const PUT_DONE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Uploads `local` to `remote` (default: the local name), resuming an
+/// unfinished upload when `resume` is set.
+pub fn put(
+    conn: &mut Conn,
+    local: &Path,
+    remote: Option<&str>,
+    resume: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let shown = local.display();
+    let mut file = File::open(local).with_context(|| format!("cannot open {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {shown}"))?;
+    if !meta.is_file() {
+        bail!("{shown} is not a regular file");
+    }
+    let size = meta.len();
+    let name = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{shown} has no usable file name; name the remote file"))?;
+    let remote = match remote {
+        None => name.to_owned(),
+        Some(r) if r.ends_with('/') => format!("{r}{name}"),
+        Some(r) if is_remote_dir(conn, r)? => format!("{r}/{name}"),
+        Some(r) => r.to_owned(),
+    };
+
+    let mut buf = vec![0u8; CHUNKS_PER_WRITE * (CHUNK_HEADER_MAX + CHUNK_SIZE)].into_boxed_slice();
+    let (offer, prefix_crc) = match conn.call(&Request::PutStart {
+        path: remote.clone(),
+        size,
+        resume,
+    })? {
+        Reply::PutReady { offset, prefix_crc } => (offset, prefix_crc),
+        other => return Err(Failure::unexpected("PutReady", &other).into()),
+    };
+    let mut hasher = Hasher::new();
+    let mut start = 0;
+    if offer > 0 {
+        let same = offer <= size
+            && hash_prefix(&mut file, offer, &mut hasher, &mut buf)
+                .with_context(|| format!("cannot read {shown}"))?
+                == prefix_crc;
+        if same {
+            note(quiet, &format!("resuming at {}", format_size(offer)));
+            start = offer;
+        } else {
+            note(quiet, "the partial upload on the server differs; starting over");
+            hasher = Hasher::new();
+            file.rewind()
+                .with_context(|| format!("cannot read {shown}"))?;
+        }
+    }
+    conn.send(&Request::PutFrom { offset: start })?;
+
+    let progress = Progress::start(Direction::Sent, &remote, size, start, quiet);
+    match send_chunks(conn, &mut file, start, size, &mut hasher, &mut buf, &progress)? {
+        Sent::All => {}
+        Sent::Stopped => {
+            // The server has answered already (with an error) and skips our
+            // chunks up to `PutEnd`, which gets no answer of its own. Read
+            // the answer first: it says more than a failed send would.
+            let err = match conn.recv() {
+                Err(e) => e,
+                Ok(other) => Failure::unexpected("Error", &other),
+            };
+            if !err.is_fatal() {
+                // If this fails, the next command reports the lost session.
+                let _ = conn.send(&Request::PutEnd { crc32: 0 });
+            }
+            return Err(err.into());
+        }
+        Sent::LocalError(e) => {
+            // End the upload short, so the server answers (with an error)
+            // and the session stays in step.
+            conn.send(&Request::PutEnd { crc32: 0 })?;
+            let _ = conn.recv();
+            return Err(e).with_context(|| format!("cannot read {shown}"));
+        }
+    }
+    let crc32 = hasher.finalize();
+    conn.send(&Request::PutEnd { crc32 })?;
+    conn.set_read_timeout(PUT_DONE_TIMEOUT);
+    let reply = conn.recv();
+    let done = match reply {
+        Ok(Reply::PutDone {
+            size: their_size,
+            crc32: their_crc,
+        }) => Ok((their_size, their_crc)),
+        Ok(other) => Err(Failure::unexpected("PutDone", &other)),
+        Err(e) => Err(e),
+    };
+    conn.set_read_timeout(IO_TIMEOUT);
+    let (their_size, their_crc) = done?;
+    if (their_size, their_crc) != (size, crc32) {
+        return Err(Failure::Integrity(format!(
+            "the server stored {their_size} bytes with crc32 {their_crc:08x}, \
+             but {size} bytes with crc32 {crc32:08x} were sent"
+        ))
+        .into());
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// How an upload's stream of chunks ended.
+enum Sent {
+    /// All bytes went out.
+    All,
+    /// The server sent a reply early (an error); no more chunks went out.
+    Stopped,
+    /// Reading the local file failed or it shrank.
+    LocalError(std::io::Error),
+}
+
+/// Sends the file's bytes from `start` to `size` in chunks.
+fn send_chunks(
+    conn: &mut Conn,
+    file: &mut File,
+    start: u64,
+    size: u64,
+    hasher: &mut Hasher,
+    buf: &mut [u8],
+    progress: &Progress,
+) -> Result<Sent, Failure> {
+    let mut pos = start;
+    let mut writes = 0u64;
+    while pos < size {
+        let mut used = 0;
+        let batch_start = pos;
+        while pos < size && used + CHUNK_HEADER_MAX + CHUNK_SIZE <= buf.len() {
+            // Bounded by CHUNK_SIZE, so it fits in usize.
+            let n = (size - pos).min(CHUNK_SIZE as u64) as usize;
+            let mut header = [0; CHUNK_HEADER_MAX];
+            let h = chunk_header(REQUEST_CHUNK_TAG, n, &mut header);
+            buf[used..used + h].copy_from_slice(&header[..h]);
+            used += h;
+            let data = &mut buf[used..used + n];
+            if let Err(e) = file.read_exact(data) {
+                return Ok(Sent::LocalError(if e.kind() == ErrorKind::UnexpectedEof {
+                    std::io::Error::other("the file shrank while it was being sent")
+                } else {
+                    e
+                }));
+            }
+            hasher.update(data);
+            used += n;
+            pos += n as u64;
+        }
+        conn.send_raw(&buf[..used])?;
+        progress.inc(pos - batch_start);
+        writes += 1;
+        if writes % WRITES_PER_CHECK == 0 && conn.reply_waiting() {
+            return Ok(Sent::Stopped);
+        }
+    }
+    Ok(Sent::All)
+}
+
+/// Hashes the first `len` bytes of `file` into `hasher`, returning their CRC32.
+fn hash_prefix(
+    file: &mut File,
+    len: u64,
+    hasher: &mut Hasher,
+    buf: &mut [u8],
+) -> std::io::Result<u32> {
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher.clone().finalize())
+}
+
+/// Downloads `remote` to `local` (default: the remote file's name in the
+/// current directory) through `LOCAL.part`, resuming it when `resume` is set.
+pub fn get(
+    conn: &mut Conn,
+    remote: &str,
+    local: Option<&Path>,
+    resume: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let target = local_target(remote, local)?;
+    let part = part_path(&target);
+    let shown = part.display();
+
+    let mut buf = vec![0u8; CHUNK_SIZE].into_boxed_slice();
+    let (mut file, have, mut hasher) =
+        open_part(&part, resume, &mut buf).with_context(|| format!("cannot open {shown}"))?;
+    let (size, offset) = match conn.call(&Request::GetStart {
+        path: remote.into(),
+        offset: have,
+        prefix_crc: hasher.clone().finalize(),
+    })? {
+        Reply::GetReady { size, offset } => (size, offset),
+        other => return Err(Failure::unexpected("GetReady", &other).into()),
+    };
+    if offset > size || (offset != 0 && offset != have) {
+        return Err(Failure::Link(format!(
+            "protocol error: the server offered to resume at {offset} of {size} bytes, \
+             but {have} bytes are here"
+        ))
+        .into());
+    }
+    if offset > 0 {
+        note(quiet, &format!("resuming at {}", format_size(offset)));
+    } else if have > 0 {
+        note(quiet, "the file on the server changed; starting over");
+        hasher = Hasher::new();
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .with_context(|| format!("cannot truncate {shown}"))?;
+    }
+
+    let progress = Progress::start(Direction::Received, remote, size, offset, quiet);
+    let want = size - offset;
+    let mut got = 0u64;
+    let mut write_error = None;
+    let their_crc = loop {
+        match conn.recv()? {
+            Reply::Chunk(data) => {
+                if data.len() as u64 > want - got {
+                    return Err(Failure::Link(format!(
+                        "protocol error: the server sent more than the {size} bytes it announced"
+                    ))
+                    .into());
+                }
+                // After a local write error, keep reading to the end so the
+                // session stays in step; the error is reported then.
+                if write_error.is_none() {
+                    if let Err(e) = file.write_all(data) {
+                        write_error = Some(e);
+                    }
+                }
+                hasher.update(data);
+                got += data.len() as u64;
+                progress.inc(data.len() as u64);
+            }
+            Reply::GetDone { crc32 } => break crc32,
+            other => return Err(Failure::unexpected("Chunk or GetDone", &other).into()),
+        }
+    };
+    if let Some(e) = write_error {
+        return Err(e).with_context(|| format!("cannot write {shown}"));
+    }
+    if got != want {
+        return Err(Failure::Link(format!(
+            "protocol error: the download ended after {} of {size} bytes",
+            offset + got
+        ))
+        .into());
+    }
+    let crc32 = hasher.finalize();
+    if crc32 != their_crc {
+        drop(file);
+        // Known to be bad: resuming from it could never succeed.
+        let _ = fs::remove_file(&part);
+        return Err(Failure::Integrity(format!(
+            "{remote}: received data has crc32 {crc32:08x}, the server's file has \
+             {their_crc:08x}; the partial file was deleted, try again"
+        ))
+        .into());
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot sync {shown}"))?;
+    drop(file);
+    fs::rename(&part, &target)
+        .with_context(|| format!("cannot rename {shown} to {}", target.display()))?;
+    sync_parent(&target);
+    progress.finish();
+    Ok(())
+}
+
+/// Opens `part` for a download: with `resume`, keeps its content and returns
+/// its length and hasher; otherwise truncates it.
+fn open_part(part: &Path, resume: bool, buf: &mut [u8]) -> std::io::Result<(File, u64, Hasher)> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true);
+    let mut file = options.truncate(!resume).open(part)?;
+    let mut hasher = Hasher::new();
+    let mut have = 0u64;
+    loop {
+        match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                have += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // Reading left the position at the end, where new bytes go.
+    Ok((file, have, hasher))
+}
+
+/// Where a download goes: `local`, or inside it if it is a directory, or
+/// the remote file's name in the current directory.
+fn local_target(remote: &str, local: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let name = remote_file_name(remote);
+    match local {
+        Some(dir) if dir.is_dir() => match name {
+            Some(name) => Ok(dir.join(name)),
+            None => Err(no_name(remote)),
+        },
+        Some(path) => Ok(path.to_owned()),
+        None => name.map(PathBuf::from).ok_or_else(|| no_name(remote)),
+    }
+}
+
+fn no_name(remote: &str) -> anyhow::Error {
+    Failure::Usage(format!(
+        "cannot choose a local name for \"{}\"; give one: get REMOTE LOCAL",
+        crate::display::sanitize(remote)
+    ))
+    .into()
+}
+
+/// The last component of a remote path, if it can be a local file name.
+/// The server's paths never choose where a download lands beyond this one
+/// plain name.
+fn remote_file_name(remote: &str) -> Option<&str> {
+    let name = remote.rsplit('/').next()?;
+    (!matches!(name, "" | "." | "..")).then_some(name)
+}
+
+/// `LOCAL.part`.
+fn part_path(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+/// Syncs the directory holding `path`, so the rename survives a crash.
+/// Best effort: some file systems cannot sync directories.
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_chunk_tag_matches_postcard() {
+        for len in [0usize, 5, 200, CHUNK_SIZE] {
+            let payload = vec![7u8; len];
+            let encoded = ftpd::frame::encode(&Request::Chunk(&payload)).unwrap();
+            let mut header = [0; CHUNK_HEADER_MAX];
+            let h = chunk_header(REQUEST_CHUNK_TAG, len, &mut header);
+            assert_eq!(&encoded[..h], &header[..h]);
+            assert_eq!(encoded.len(), h + len);
+        }
+    }
+
+    #[test]
+    fn remote_names_are_reduced_to_a_plain_name() {
+        assert_eq!(remote_file_name("a.txt"), Some("a.txt"));
+        assert_eq!(remote_file_name("/docs/sub/a b.txt"), Some("a b.txt"));
+        assert_eq!(remote_file_name("../../etc/passwd"), Some("passwd"));
+        assert_eq!(remote_file_name("docs/"), None);
+        assert_eq!(remote_file_name(""), None);
+        assert_eq!(remote_file_name("."), None);
+        assert_eq!(remote_file_name("a/.."), None);
+        assert_eq!(remote_file_name("/"), None);
+    }
+
+    #[test]
+    fn local_target_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            local_target("x/report.pdf", None).unwrap(),
+            PathBuf::from("report.pdf")
+        );
+        assert_eq!(
+            local_target("x/report.pdf", Some(dir.path())).unwrap(),
+            dir.path().join("report.pdf")
+        );
+        let file = dir.path().join("other.pdf");
+        assert_eq!(local_target("x/report.pdf", Some(&file)).unwrap(), file);
+        assert!(local_target("x/..", None).is_err());
+        assert_eq!(
+            local_target("x/..", Some(&file)).unwrap(),
+            file,
+            "an explicit local name needs no remote name"
+        );
+        assert_eq!(
+            part_path(Path::new("dir/a.txt")),
+            PathBuf::from("dir/a.txt.part")
+        );
+    }
+
+    #[test]
+    fn part_file_resume_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("f.part");
+        fs::write(&part, b"hello").unwrap();
+        let mut buf = [0u8; 2];
+        let (_, have, hasher) = open_part(&part, true, &mut buf).unwrap();
+        assert_eq!(have, 5);
+        assert_eq!(hasher.finalize(), crc32fast::hash(b"hello"));
+        let (_, have, _) = open_part(&part, false, &mut buf).unwrap();
+        assert_eq!(have, 0);
+        assert_eq!(fs::metadata(&part).unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,352 @@
+//! The home jail: each user's home folder appears to them as `/`, and
+//! nothing outside it is reachable.
+//!
+//! # How the jail holds
+//!
+//! A user's path is first checked and normalized into a [`VPath`] (no `..`,
+//! no separators or control characters inside a name). It is never joined
+//! onto a server path as a string. Instead the kernel walks it, below an open
+//! descriptor of the home:
+//!
+//! - Every open goes through `openat2` with `RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`: a path
+//!   that would leave the home, meet a symlink (in any component, the last
+//!   one included) or cross a mount point fails with `EXDEV`/`ELOOP`, which
+//!   the user sees as `PermissionDenied`.
+//! - Every other operation (lstat, mkdir, unlink, rename) opens the *parent*
+//!   folder that way and then acts on one plain name with an `*at` syscall;
+//!   none of those follow a symlink in the last component.
+//!
+//! The check and the use are the same kernel path walk, so a process that
+//! swaps a folder for a symlink between two requests (or during one) can
+//! make a request fail, never make it leave the home. Symlinks and special
+//! files found in a home are listed, never followed or opened.
+//!
+//! Unfinished uploads live in the hidden folder [`PARTIAL_DIR`] at the top of
+//! each home (see `partial.rs`); no [`VPath`] can name it.
+
+mod error;
+mod partial;
+mod vpath;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BinaryHeap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use crate::proto::{Entry, EntryKind, ErrorCode};
+
+pub use error::FsError;
+pub use vpath::VPath;
+
+/// Name of the hidden folder in each home where unfinished uploads live;
+/// users can never name it.
+pub const PARTIAL_DIR: &str = ".ftpd-partial";
+
+/// How every path below a home is resolved: stay beneath the starting
+/// folder, follow no symlink of any kind, cross no mount point.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// Tries of `openat2` that fail with `EAGAIN` (the kernel saw a concurrent
+/// rename during the walk) or `EINTR` before giving up.
+const OPEN_TRIES: usize = 8;
+
+/// Mode of folders users create (before the umask).
+const DIR_MODE: u32 = 0o755;
+
+/// One user's home, held open. Cheap to share: wrap in `Arc`.
+#[derive(Debug)]
+pub struct Jail {
+    /// The home, opened `O_DIRECTORY` (readable, so it can be listed and
+    /// fsynced).
+    home: OwnedFd,
+}
+
+impl Jail {
+    /// Opens the home folder at `home` (a server path from the config; it
+    /// may itself be reached through symlinks, nothing below it may).
+    ///
+    /// Fails with `Unsupported` on a kernel without `openat2` (before Linux
+    /// 5.6, or filtered by seccomp): there is no safe fallback.
+    pub fn open(home: &Path) -> std::io::Result<Jail> {
+        let home = rustix::fs::open(
+            home,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        match open_beneath(home.as_fd(), ".", OFlags::PATH, Mode::empty()) {
+            Ok(_) => Ok(Jail { home }),
+            Err(Errno::NOSYS) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "openat2 is not available (Linux 5.6 or later is needed)",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Type, size and mtime of `p`, without following a symlink: a symlink
+    /// is reported as [`EntryKind::Symlink`]. The root's name is "/".
+    pub fn stat(&self, p: &VPath) -> Result<Entry, FsError> {
+        let Some(name) = p.file_name() else {
+            let st = rustix::fs::fstat(&self.home).map_err(|e| FsError::from_errno(e, p))?;
+            return Ok(entry("/".to_owned(), &st));
+        };
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        let st = lstat_at(&dir, name).map_err(|e| FsError::from_errno(e, p))?;
+        Ok(entry(name.to_owned(), &st))
+    }
+
+    /// Checks that `p` exists and is a real folder (not a symlink to one),
+    /// as `cd` needs.
+    pub fn check_dir(&self, p: &VPath) -> Result<(), FsError> {
+        // No O_NOFOLLOW: with O_PATH it would open a final symlink itself,
+        // while without it RESOLVE_NO_SYMLINKS refuses it with ELOOP.
+        self.open_beneath(p, OFlags::PATH | OFlags::DIRECTORY)
+            .map(drop)
+            .map_err(|e| FsError::from_errno(e, p))
+    }
+
+    /// Lists the folder `p`: at most `max` entries, sorted by name (byte
+    /// order), [`PARTIAL_DIR`] hidden at the root.
+    ///
+    /// Returns `(entries, total_seen, truncated)`. Entries that vanish
+    /// mid-listing are skipped; names that are not UTF-8 are shown lossily;
+    /// symlinks are shown as such, never followed.
+    pub fn list(&self, p: &VPath, max: usize) -> Result<(Vec<Entry>, u64, bool), FsError> {
+        let err = |e| FsError::from_errno(e, p);
+        let fd = self
+            .open_beneath(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK)
+            .map_err(err)?;
+        let mut dir = Dir::new(fd).map_err(err)?;
+        // Keep the `max` smallest names in a max-heap, so a huge folder
+        // costs memory for `max` names only.
+        let mut keep: BinaryHeap<CString> = BinaryHeap::new();
+        let mut seen: u64 = 0;
+        while let Some(item) = dir.read() {
+            let item = item.map_err(err)?;
+            let name = item.file_name();
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." || (p.is_root() && bytes == PARTIAL_DIR.as_bytes())
+            {
+                continue;
+            }
+            seen += 1;
+            if keep.len() < max {
+                keep.push(name.to_owned());
+            } else if keep.peek().is_some_and(|top| name < top.as_c_str()) {
+                keep.pop();
+                keep.push(name.to_owned());
+            }
+        }
+        let dir_fd = dir.fd().map_err(err)?;
+        let mut entries = Vec::with_capacity(keep.len());
+        for name in keep.into_sorted_vec() {
+            match rustix::fs::statat(dir_fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => entries.push(entry(
+                    String::from_utf8_lossy(name.to_bytes()).into_owned(),
+                    &st,
+                )),
+                // Removed since we read the folder: not there any more.
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok((entries, seen, seen > max as u64))
+    }
+
+    /// Creates the folder `p` (mode 0755 before the umask).
+    pub fn mkdir(&self, p: &VPath) -> Result<(), FsError> {
+        let Some(name) = p.file_name() else {
+            return Err(FsError::new(ErrorCode::AlreadyExists, "already exists: /"));
+        };
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(DIR_MODE))
+            .map_err(|e| FsError::from_errno(e, p))
+    }
+
+    /// Removes the empty folder `p`.
+    pub fn rmdir(&self, p: &VPath) -> Result<(), FsError> {
+        let Some(name) = p.file_name() else {
+            return Err(FsError::new(ErrorCode::PermissionDenied, "cannot remove /"));
+        };
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| FsError::from_errno(e, p))
+    }
+
+    /// Removes a file, or a symlink or special file itself (never its
+    /// target). Returns the bytes freed: a regular file's size, else 0.
+    /// A folder is refused with `IsADirectory`.
+    pub fn remove_file(&self, p: &VPath) -> Result<u64, FsError> {
+        let Some(name) = p.file_name() else {
+            return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
+        };
+        let err = |e| FsError::from_errno(e, p);
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        let st = lstat_at(&dir, name).map_err(err)?;
+        if file_type(&st) == FileType::Directory {
+            return Err(err(Errno::ISDIR));
+        }
+        // If the name was swapped for a folder since, unlinkat says EISDIR.
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(err)?;
+        Ok(regular_size(&st))
+    }
+
+    /// Moves `from` to `to` (renameat between the two opened parents),
+    /// replacing a file or an empty folder at `to`. Returns the size of a
+    /// regular file that was replaced (0 if none).
+    ///
+    /// Moving `/` or onto `/` is refused, as is moving a folder into itself
+    /// (`BadRequest`). A file onto a folder is `IsADirectory`, a folder onto
+    /// a file `NotADirectory`, a folder onto a non-empty one `NotEmpty`.
+    pub fn rename(&self, from: &VPath, to: &VPath) -> Result<u64, FsError> {
+        let (Some(from_name), Some(to_name)) = (from.file_name(), to.file_name()) else {
+            let what = if from.is_root() { "cannot move /" } else { "cannot replace /" };
+            return Err(FsError::new(ErrorCode::PermissionDenied, what));
+        };
+        let into_itself = || {
+            FsError::new(
+                ErrorCode::BadRequest,
+                format!("cannot move {from} into itself"),
+            )
+        };
+        if to != from && to.starts_with(from) {
+            return Err(into_itself());
+        }
+        let from_dir = self.open_parent(from, OFlags::PATH)?;
+        let to_dir = self.open_parent(to, OFlags::PATH)?;
+        let src = lstat_at(&from_dir, from_name).map_err(|e| FsError::from_errno(e, from))?;
+        let src_is_dir = file_type(&src) == FileType::Directory;
+        let replaced = match lstat_at(&to_dir, to_name) {
+            // The same file under both names (or `from == to`): the kernel
+            // does nothing, so nothing is replaced.
+            Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => 0,
+            Ok(dst) => {
+                let dst_is_dir = file_type(&dst) == FileType::Directory;
+                if dst_is_dir && !src_is_dir {
+                    return Err(FsError::from_errno(Errno::ISDIR, to));
+                }
+                if src_is_dir && !dst_is_dir {
+                    return Err(FsError::from_errno(Errno::NOTDIR, to));
+                }
+                regular_size(&dst)
+            }
+            Err(Errno::NOENT) => 0,
+            Err(e) => return Err(FsError::from_errno(e, to)),
+        };
+        rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name).map_err(|e| match e {
+            // The kernel's own loop check, should the tree have changed
+            // since the check above.
+            Errno::INVAL => into_itself(),
+            Errno::NOENT => FsError::from_errno(e, from),
+            // Some filesystems say EEXIST for a non-empty target folder.
+            Errno::EXIST if src_is_dir => FsError::from_errno(Errno::NOTEMPTY, to),
+            _ => FsError::from_errno(e, to),
+        })?;
+        Ok(replaced)
+    }
+
+    /// Opens the regular file `p` for reading and returns it with its size.
+    ///
+    /// Anything else is refused before a byte is read: a symlink, FIFO,
+    /// socket or device with `PermissionDenied`, a folder with
+    /// `IsADirectory`.
+    pub fn open_read(&self, p: &VPath) -> Result<(File, u64), FsError> {
+        let err = |e| FsError::from_errno(e, p);
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+        // writer and stall the whole single-threaded server.
+        let fd = self
+            .open_beneath(p, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK)
+            .map_err(err)?;
+        let st = rustix::fs::fstat(&fd).map_err(err)?;
+        check_regular(&st, p)?;
+        // Harmless on a regular file, but readers should not inherit it.
+        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(err)?;
+        Ok((File::from(fd), regular_size(&st)))
+    }
+
+    /// Opens `p` below the home with [`RESOLVE`].
+    fn open_beneath(&self, p: &VPath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        open_beneath(self.home.as_fd(), &p.relative(), flags, Mode::empty())
+    }
+
+    /// Opens the folder holding `p` (`O_PATH` for `*at` calls, `O_RDONLY`
+    /// to fsync it too). Errors name the parent, which is what failed.
+    fn open_parent(&self, p: &VPath, flags: OFlags) -> Result<OwnedFd, FsError> {
+        let Some(parent) = p.parent() else {
+            return Err(FsError::new(ErrorCode::PermissionDenied, "permission denied: /"));
+        };
+        self.open_beneath(&parent, flags | OFlags::DIRECTORY)
+            .map_err(|e| FsError::from_errno(e, &parent))
+    }
+}
+
+/// `openat2(dir, rel, flags | O_CLOEXEC, mode, RESOLVE)`, retrying the
+/// transient failures.
+fn open_beneath(dir: BorrowedFd<'_>, rel: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC, mode, RESOLVE) {
+            Err(Errno::AGAIN | Errno::INTR) if tries + 1 < OPEN_TRIES => tries += 1,
+            result => return result,
+        }
+    }
+}
+
+/// lstat of one plain name in an opened folder.
+fn lstat_at(dir: &OwnedFd, name: &str) -> Result<Stat, Errno> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+/// A regular file's size; 0 for anything else (nothing a quota counts).
+fn regular_size(st: &Stat) -> u64 {
+    if file_type(st) == FileType::RegularFile {
+        u64::try_from(st.st_size).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Refuses what is not a regular file: a folder as `IsADirectory`, the rest
+/// (symlink, FIFO, socket, device) as `PermissionDenied`.
+fn check_regular(st: &Stat, p: &VPath) -> Result<(), FsError> {
+    match file_type(st) {
+        FileType::RegularFile => Ok(()),
+        FileType::Directory => Err(FsError::from_errno(Errno::ISDIR, p)),
+        _ => Err(FsError::new(
+            ErrorCode::PermissionDenied,
+            format!("not a regular file: {p}"),
+        )),
+    }
+}
+
+/// The wire form of an lstat result.
+fn entry(name: String, st: &Stat) -> Entry {
+    let kind = match file_type(st) {
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Dir,
+        FileType::Symlink => EntryKind::Symlink,
+        _ => EntryKind::Other,
+    };
+    Entry {
+        name,
+        kind,
+        size: regular_size(st),
+        // `st_mtime` is `i64` or `c_long` depending on the target.
+        #[allow(clippy::unnecessary_cast)]
+        mtime: st.st_mtime as i64,
+    }
+}

@@ -1,0 +1,13 @@
+//! `ftpd`: a single-threaded, multi-user file-transfer server, and the pieces
+//! its client `ftpc` shares with it (protocol, framing, login crypto).
+
+pub mod admin;
+pub mod buf;
+pub mod frame;
+pub mod jail;
+pub mod proto;
+pub mod scram;
+pub mod server;
+pub mod size;
+pub mod usage;
+pub mod users;

@@ -1,0 +1,141 @@
+//! `ftpd`: serve (the default) or manage users (`ftpd user ...`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use ftpd::admin::UserCommand;
+use ftpd::server::log::{self, Level};
+use ftpd::server::{Config, GuardConfig, Server};
+
+/// A single-threaded multi-user file-transfer server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Data folder: the user file, the server secret and the homes.
+    #[arg(long, global = true, default_value = "./ftpd-data")]
+    root: PathBuf,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage users: add, passwd, del, list, quota.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    listen: SocketAddr,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_conns: usize,
+    /// Most connections at once from one address.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Most logged-in sessions of one user at once (0: no limit).
+    #[arg(long, default_value_t = 64)]
+    max_sessions_per_user: u32,
+    /// Seconds a logged-in session may sit idle.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Seconds a new connection has to say hello and log in.
+    #[arg(long, default_value_t = 20)]
+    login_timeout: u64,
+    /// Seconds a transfer may make no progress before it is dropped.
+    #[arg(long, default_value_t = 60)]
+    stall_timeout: u64,
+    /// Hours an unfinished upload is kept for resume.
+    #[arg(long, default_value_t = 24)]
+    partial_ttl_hours: u64,
+    /// Delay before answering the first failed login, in ms (doubles after each).
+    #[arg(long, default_value_t = 500)]
+    login_delay_ms: u64,
+    /// Failed logins of one user from one address before a lockout.
+    #[arg(long, default_value_t = 5)]
+    lockout_after: u32,
+    /// Failed logins from one address (any user) before a lockout.
+    #[arg(long, default_value_t = 30)]
+    addr_lockout_after: u32,
+    /// Seconds a lockout lasts.
+    #[arg(long, default_value_t = 300)]
+    lockout_secs: u64,
+    /// Helper threads for disk work (sync, hashing, large listings).
+    #[arg(long, default_value_t = 2)]
+    disk_threads: usize,
+    /// Log detail on stderr.
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: Level,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),
+        None => serve(cli.root, cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftpd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    log::set_level(args.log_level);
+    raise_open_files_limit();
+    let cfg = Config {
+        listen: args.listen,
+        root,
+        max_conns: args.max_conns,
+        max_conns_per_ip: args.max_conns_per_ip,
+        max_sessions_per_user: args.max_sessions_per_user,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        login_timeout: Duration::from_secs(args.login_timeout),
+        stall_timeout: Duration::from_secs(args.stall_timeout),
+        partial_ttl: Duration::from_secs(args.partial_ttl_hours * 3600),
+        guard: GuardConfig {
+            base_delay: Duration::from_millis(args.login_delay_ms),
+            max_delay: Duration::from_secs(5).max(Duration::from_millis(args.login_delay_ms)),
+            pair_limit: args.lockout_after,
+            addr_limit: args.addr_lockout_after,
+            lockout: Duration::from_secs(args.lockout_secs),
+        },
+        disk_threads: args.disk_threads,
+    };
+    let server = Server::bind(cfg)?;
+    let addr = server.local_addr()?;
+    // Scripts and tests read this first line to learn the real port.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    drop(out);
+    server.run()
+}
+
+/// Each connection is a file descriptor; raise the soft limit to the hard
+/// one so thousands of sessions do not fail on a default of 1024.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            ftpd::log!(Warn, "could not raise the open-files limit: {e}");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! One connection: its socket, its two buffers, and the session state
+//! machine, driven by readiness.
+//!
+//! Readiness is tracked in user space: the socket is registered once for
+//! READABLE | WRITABLE (edge-triggered), an event sets `can_read` /
+//! `can_write`, and only a `WouldBlock` clears them. So interest never has
+//! to be re-registered, and pausing reads (backpressure, a job in flight) is
+//! just not reading: when the pause ends, the flag says whether data may be
+//! waiting.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use super::session::{self, Ctx, Phase, State};
+use crate::buf::{Buffer, Io};
+use crate::frame;
+use crate::proto::{ErrorCode, MAX_FRAME, Request};
+
+/// Receive buffer cap: one whole frame plus room to read the next header,
+/// so a maximal frame never deadlocks and nothing grows beyond this.
+pub const RX_CAP: usize = MAX_FRAME + 16 * 1024;
+
+/// Above this many unsent bytes no further request is read: a client that
+/// does not read its replies is throttled, not buffered without limit.
+pub const TX_HIGH: usize = 64 * 1024;
+
+/// Send buffer cap while a download streams; pumping stops below it.
+pub const TX_XFER: usize = 1024 * 1024;
+
+/// Bytes one connection may move in one turn before others get theirs.
+const TURN_BUDGET: usize = 4 * 1024 * 1024;
+
+/// What the reactor should do after driving a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Nothing more to do until the next event, timer or job result.
+    Idle,
+    /// The turn's budget ran out with work left: drive again soon.
+    Again,
+    /// Close the connection.
+    Close,
+}
+
+/// A connection and its session.
+pub struct Conn {
+    pub stream: TcpStream,
+    rx: Buffer,
+    tx: Buffer,
+    pub can_read: bool,
+    pub can_write: bool,
+    peer_eof: bool,
+    write_shut: bool,
+    pub st: State,
+}
+
+impl Conn {
+    /// A new connection from `peer`.
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        key: usize,
+        generation: u64,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            stream,
+            rx: Buffer::with_cap(RX_CAP),
+            tx: Buffer::with_cap(TX_HIGH),
+            can_read: true,
+            can_write: true,
+            peer_eof: false,
+            write_shut: false,
+            st: State::new(peer, key, generation, now),
+        }
+    }
+
+    /// Buffer memory held (for stats).
+    pub fn buffered(&self) -> usize {
+        self.rx.allocated() + self.tx.allocated()
+    }
+
+    /// Moves bytes and runs the session until nothing more can happen now,
+    /// or the turn's budget is spent.
+    pub fn drive(&mut self, ctx: &mut Ctx) -> Drive {
+        let mut budget = TURN_BUDGET;
+        loop {
+            let mut moved = 0;
+            match self.read(ctx) {
+                Ok(n) => moved += n,
+                Err(e) => return self.io_failed("read", &e),
+            }
+            moved += self.handle_frames(ctx);
+            moved += session::pump(&mut self.st, &mut self.tx, ctx);
+            match self.write() {
+                Ok(n) => moved += n,
+                Err(e) => return self.io_failed("write", &e),
+            }
+            if moved > 0 {
+                self.st.active = ctx.now;
+            }
+            if let Some(done) = self.finish_if_done() {
+                return done;
+            }
+            if moved == 0 {
+                return Drive::Idle;
+            }
+            budget = budget.saturating_sub(moved);
+            if budget == 0 {
+                return Drive::Again;
+            }
+        }
+    }
+
+    /// Reads while the session wants input and replies are not piling up.
+    fn read(&mut self, ctx: &mut Ctx) -> io::Result<usize> {
+        if !self.can_read || self.peer_eof || !self.st.phase.wants_input() {
+            return Ok(0);
+        }
+        if self.tx.len() >= TX_HIGH {
+            return Ok(0);
+        }
+        let n = match self.rx.read_from(&mut self.stream)? {
+            Io::Progress(n) => {
+                self.can_read = false;
+                n
+            }
+            Io::Full(n) => n,
+            Io::Eof(n) => {
+                self.peer_eof = true;
+                n
+            }
+        };
+        if matches!(self.st.phase, Phase::Closing { .. }) {
+            // Lingering: input is read only so the peer sees our last reply
+            // instead of a reset.
+            self.rx.clear();
+        }
+        let _ = ctx;
+        Ok(n)
+    }
+
+    /// Decodes and handles every complete frame, within limits.
+    fn handle_frames(&mut self, ctx: &mut Ctx) -> usize {
+        let mut used = 0;
+        while self.st.phase.wants_input() && self.tx.len() < TX_HIGH {
+            if matches!(self.st.phase, Phase::Closing { .. }) {
+                self.rx.clear();
+                break;
+            }
+            match frame::decode::<Request>(self.rx.data()) {
+                Ok(Some((req, n))) => {
+                    session::handle(&mut self.st, &mut self.tx, ctx, req);
+                    self.rx.consume(n);
+                    used += n;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    crate::log!(Info, "{}: bad frame: {e}", self.st.peer);
+                    session::refuse(
+                        &mut self.st,
+                        &mut self.tx,
+                        ctx,
+                        ErrorCode::BadRequest,
+                        &format!("bad request: {e}"),
+                    );
+                    self.rx.clear();
+                    break;
+                }
+            }
+        }
+        self.tx.set_cap(if self.st.phase.is_streaming() {
+            TX_XFER
+        } else {
+            TX_HIGH
+        });
+        let transferring = self.st.phase.is_transfer();
+        self.tx.set_keep(transferring);
+        self.rx.set_keep(transferring);
+        used
+    }
+
+    /// Writes what is queued until the socket would block.
+    fn write(&mut self) -> io::Result<usize> {
+        if !self.can_write || self.tx.is_empty() {
+            return Ok(0);
+        }
+        let n = self.tx.write_to(&mut self.stream)?;
+        if !self.tx.is_empty() {
+            self.can_write = false;
+        }
+        Ok(n)
+    }
+
+    /// Handles the end states: a lingering close and a peer that left.
+    fn finish_if_done(&mut self) -> Option<Drive> {
+        if let Phase::Closing { .. } = self.st.phase {
+            if self.tx.is_empty() && !self.write_shut {
+                self.write_shut = true;
+                // Our last reply is out; tell the peer, keep reading until
+                // it closes too (or the linger timer ends it).
+                let _ = self.stream.shutdown(Shutdown::Write);
+            }
+            if self.peer_eof {
+                return Some(Drive::Close);
+            }
+        } else if self.peer_eof && self.rx.is_empty() {
+            return Some(Drive::Close);
+        } else if self.peer_eof
+            && frame::decode::<Request>(self.rx.data())
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            // What is left can never become a whole frame.
+            return Some(Drive::Close);
+        }
+        None
+    }
+
+    fn io_failed(&mut self, what: &str, e: &io::Error) -> Drive {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                crate::log!(Debug, "{}: {what}: {e}", self.st.peer)
+            }
+            _ => crate::log!(Info, "{}: {what} failed: {e}", self.st.peer),
+        }
+        Drive::Close
+    }
+
+    /// The session's deadline: when a timeout (or a delayed reply) is due.
+    pub fn deadline(&self, ctx: &Ctx) -> Instant {
+        self.st.deadline(&ctx.cfg)
+    }
+
+    /// Runs a due timeout; returns whether to close.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Drive {
+        if session::timeout(&mut self.st, &mut self.tx, ctx) {
+            return Drive::Close;
+        }
+        self.drive(ctx)
+    }
+
+    /// Hands a finished disk job back to the session.
+    pub fn on_job(&mut self, ctx: &mut Ctx, result: session::JobResult) -> Drive {
+        session::job_done(&mut self.st, &mut self.tx, ctx, result);
+        self.drive(ctx)
+    }
+}

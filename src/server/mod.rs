@@ -1,0 +1,442 @@
+//! The reactor: one thread, one `mio::Poll`, a slab of connections.
+//!
+//! Each turn: wait for readiness (or the next deadline), drive every
+//! connection that is ready, hand finished disk jobs back to their
+//! sessions, and run due timeouts. Sockets are registered once, READABLE |
+//! WRITABLE, edge-triggered; readiness is remembered per connection (see
+//! `conn.rs`), so a connection paused by backpressure resumes without a
+//! re-registration. A connection that used up its turn's budget goes on a
+//! ready queue and the next poll does not wait.
+
+mod accounts;
+mod conn;
+pub mod guard;
+pub mod log;
+mod session;
+mod timers;
+mod transfer;
+mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use self::accounts::Accounts;
+use self::conn::{Conn, Drive};
+pub use self::guard::GuardConfig;
+use self::guard::LoginGuard;
+use self::session::{Ctx, JobResult};
+use self::timers::Timers;
+use self::worker::Worker;
+use crate::log;
+use crate::proto::{ErrorCode, Reply};
+
+/// Server settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    pub max_conns: usize,
+    pub max_conns_per_ip: usize,
+    pub max_sessions_per_user: u32,
+    pub idle_timeout: Duration,
+    pub login_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub partial_ttl: Duration,
+    pub guard: GuardConfig,
+    pub disk_threads: usize,
+}
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const WAKER: Token = Token(2);
+/// Tokens below this are the server's own; the rest are slab keys + this.
+const FIRST_CONN: usize = 3;
+
+fn conn_token(key: usize) -> Token {
+    Token(key + FIRST_CONN)
+}
+
+fn conn_key(token: Token) -> Option<usize> {
+    token.0.checked_sub(FIRST_CONN)
+}
+
+/// Pending connections the kernel may queue; the kernel caps this at
+/// `net.core.somaxconn`, which is 4096 on current kernels.
+const BACKLOG: i32 = 65_535;
+
+/// How often a paused accept loop (out of file descriptors) tries again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Events handled per poll.
+const EVENTS: usize = 1024;
+
+/// The running server.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    signals: Signals,
+    conns: Slab<Conn>,
+    ctx: Ctx,
+    timers: Timers,
+    ready: VecDeque<(usize, u64)>,
+    per_ip: HashMap<IpAddr, usize>,
+    next_generation: u64,
+    accept_paused: bool,
+}
+
+impl Server {
+    /// Loads users, binds the listener and readies the reactor.
+    pub fn bind(cfg: Config) -> anyhow::Result<Server> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&cfg.root)
+            .with_context(|| format!("creating data folder {}", cfg.root.display()))?;
+        let accounts = Accounts::load(&cfg.root, cfg.partial_ttl)
+            .with_context(|| format!("loading users from {}", cfg.root.display()))?;
+        let poll = Poll::new()?;
+        let listener =
+            listen(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let worker = Worker::start(cfg.disk_threads, waker)?;
+        let guard = LoginGuard::new(cfg.guard.clone());
+        Ok(Server {
+            poll,
+            listener,
+            signals,
+            conns: Slab::new(),
+            ctx: Ctx::new(cfg, accounts, guard, worker),
+            timers: Timers::default(),
+            ready: VecDeque::new(),
+            per_ip: HashMap::new(),
+            next_generation: 0,
+            accept_paused: false,
+        })
+    }
+
+    /// The address the listener is bound to (the real port when asked for 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue; // a signal; the signal pipe tells which
+                }
+                return Err(e.into());
+            }
+            self.ctx.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        if self.on_signals() {
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    WAKER => self.on_jobs(),
+                    token => {
+                        // Events for a closed key are expected (mio may report
+                        // stale readiness); the generation check is in `drive`.
+                        if let Some(key) = conn_key(token) {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.can_read |= event.is_readable()
+                                    || event.is_read_closed()
+                                    || event.is_error();
+                                conn.can_write |= event.is_writable() || event.is_write_closed();
+                                let generation = conn.st.generation;
+                                self.drive(key, generation);
+                            }
+                        }
+                    }
+                }
+            }
+            self.on_jobs();
+            self.run_ready();
+            self.run_timers();
+            if self.accept_paused && self.conns.len() < self.ctx.cfg.max_conns {
+                self.accept();
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut timeout = self
+            .timers
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if self.accept_paused {
+            timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
+        }
+        timeout
+    }
+
+    /// Accepts until the backlog is empty or a limit is reached.
+    fn accept(&mut self) {
+        self.accept_paused = false;
+        loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A client that gave up while queued, or a signal: go on.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    // Out of file descriptors (EMFILE/ENFILE) or memory:
+                    // leave the rest queued and retry after a close or a
+                    // short while, instead of spinning on the same error.
+                    log!(Warn, "accept failed: {e}; pausing accepts");
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            if self.conns.len() >= self.ctx.cfg.max_conns {
+                turn_away(
+                    stream,
+                    peer,
+                    "server full: too many connections; try again later",
+                );
+                continue;
+            }
+            let per_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+            if per_ip >= self.ctx.cfg.max_conns_per_ip {
+                turn_away(stream, peer, "too many connections from your address");
+                continue;
+            }
+            self.add(stream, peer);
+        }
+    }
+
+    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, conn_token(key), interest)
+        {
+            log!(Warn, "{peer}: register failed: {e}");
+            return;
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let conn = entry.insert(Conn::new(stream, peer, key, generation, self.ctx.now));
+        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        log!(Debug, "{peer}: connected");
+        let at = conn.deadline(&self.ctx);
+        conn.st.armed = Some(at);
+        self.timers.push(at, key, generation);
+    }
+
+    /// Drives one connection and acts on the outcome.
+    fn drive(&mut self, key: usize, generation: u64) {
+        let Some(conn) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.st.generation == generation)
+        else {
+            return;
+        };
+        match conn.drive(&mut self.ctx) {
+            Drive::Idle => self.arm(key),
+            Drive::Again => {
+                self.arm(key);
+                self.ready.push_back((key, generation));
+            }
+            Drive::Close => self.close(key),
+        }
+    }
+
+    /// Makes sure the timer heap holds the connection's current deadline.
+    fn arm(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let at = conn.deadline(&self.ctx);
+            if conn.st.armed.is_none_or(|armed| at < armed) {
+                conn.st.armed = Some(at);
+                self.timers.push(at, key, conn.st.generation);
+            }
+        }
+    }
+
+    fn run_ready(&mut self) {
+        for _ in 0..self.ready.len() {
+            if let Some((key, generation)) = self.ready.pop_front() {
+                self.drive(key, generation);
+            }
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        self.ctx.now = now;
+        while let Some((at, key, generation)) = self.timers.pop_due(now) {
+            let Some(conn) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.st.generation == generation)
+            else {
+                continue; // the connection is gone
+            };
+            if conn.st.armed != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            conn.st.armed = None;
+            let deadline = conn.deadline(&self.ctx);
+            let outcome = if deadline <= now {
+                conn.on_timeout(&mut self.ctx)
+            } else {
+                Drive::Idle
+            };
+            match outcome {
+                Drive::Close => self.close(key),
+                Drive::Idle => self.arm(key),
+                Drive::Again => {
+                    self.arm(key);
+                    self.ready.push_back((key, generation));
+                }
+            }
+        }
+    }
+
+    fn on_jobs(&mut self) {
+        let done: Vec<_> = self.ctx.worker.finished().collect();
+        for job in done {
+            match self
+                .conns
+                .get_mut(job.key)
+                .filter(|c| c.st.generation == job.generation)
+            {
+                Some(conn) => match conn.on_job(&mut self.ctx, job.result) {
+                    Drive::Close => self.close(job.key),
+                    Drive::Idle => self.arm(job.key),
+                    Drive::Again => {
+                        self.arm(job.key);
+                        self.ready.push_back((job.key, job.generation));
+                    }
+                },
+                None => session::orphaned(&mut self.ctx, job.result),
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        session::closed(&mut conn.st, &mut self.ctx);
+        let ip = conn.st.peer.ip();
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        log!(Debug, "{}: disconnected", conn.st.peer);
+        if self.accept_paused {
+            self.accept();
+        }
+    }
+
+    /// Handles pending signals; returns true when it is time to stop.
+    fn on_signals(&mut self) -> bool {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            match signal {
+                SIGHUP => {
+                    log!(Info, "SIGHUP: reloading the user file");
+                    if let Err(e) = self.ctx.accounts.reload() {
+                        log!(Error, "user file not reloaded: {e:#}");
+                    }
+                }
+                _ => stop = true,
+            }
+        }
+        stop
+    }
+
+    /// Stops accepting, ends every session (uploads keep their partial
+    /// files), and waits for disk jobs in flight.
+    fn shutdown(&mut self) {
+        log!(
+            Info,
+            "shutting down: closing {} connections",
+            self.conns.len()
+        );
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+        self.ctx.worker.shutdown();
+        let done: Vec<JobResult> = self.ctx.worker.finished().map(|d| d.result).collect();
+        for result in done {
+            session::orphaned(&mut self.ctx, result);
+        }
+    }
+}
+
+/// Binds with a large backlog (std's `TcpListener::bind` uses 128).
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, ipproto, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        Some(ipproto::TCP),
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, BACKLOG)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// Tells a client it cannot be served, without waiting on it: one small
+/// frame into an empty socket buffer always fits.
+fn turn_away(stream: TcpStream, peer: SocketAddr, message: &str) {
+    log!(Info, "{peer}: turned away: {message}");
+    let reply = Reply::Error {
+        code: ErrorCode::TooManySessions,
+        message: message.to_string(),
+    };
+    if let Ok(bytes) = crate::frame::encode(&reply) {
+        let _ = io::Write::write(&mut &stream, &bytes);
+    }
+}

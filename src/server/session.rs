@@ -1,0 +1,690 @@
+//! The per-connection session state machine: which requests each phase
+//! accepts, and what they do.
+//!
+//! Dispatch is by phase and denies by default: before login only `Hello`,
+//! `Ping` and the two login messages are accepted; anything out of order is
+//! answered with an error and the connection closes after the reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Config;
+use super::accounts::Accounts;
+use super::guard::LoginGuard;
+use super::transfer::{self, Download, Upload};
+use super::worker::Worker;
+use crate::buf::Buffer;
+use crate::jail::{FsError, Jail, VPath};
+use crate::log;
+use crate::proto::{
+    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
+    PROTOCOL_VERSION, Reply, Request,
+};
+use crate::scram::{self, StoredKeys, Transcript};
+use crate::server::log::clean;
+
+/// How long a closing connection waits for its peer to hang up.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Failed logins allowed on one connection before it is closed.
+const ATTEMPTS_PER_CONN: u8 = 3;
+
+/// Everything sessions share: settings, users, the login guard, the disk
+/// helpers, and the reactor's clock.
+pub struct Ctx {
+    pub cfg: Config,
+    pub accounts: Accounts,
+    pub guard: LoginGuard,
+    pub worker: Worker<JobResult>,
+    /// The time of the current reactor turn (one clock read per turn).
+    pub now: Instant,
+    /// Reused encoding space for replies.
+    scratch: Vec<u8>,
+}
+
+impl Ctx {
+    /// Shared state for a server.
+    pub fn new(
+        cfg: Config,
+        accounts: Accounts,
+        guard: LoginGuard,
+        worker: Worker<JobResult>,
+    ) -> Ctx {
+        Ctx {
+            cfg,
+            accounts,
+            guard,
+            worker,
+            now: Instant::now(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Queues a reply.
+    pub fn send(&mut self, tx: &mut Buffer, reply: &Reply) {
+        self.scratch.clear();
+        match crate::frame::encode_into(reply, &mut self.scratch) {
+            Ok(()) => tx.extend(&self.scratch),
+            Err(e) => log!(Error, "reply not encodable: {e}"),
+        }
+        if self.scratch.capacity() > 64 * 1024 {
+            self.scratch = Vec::new();
+        }
+    }
+
+    /// Queues an error reply.
+    pub fn send_error(&mut self, tx: &mut Buffer, code: ErrorCode, message: &str) {
+        self.send(
+            tx,
+            &Reply::Error {
+                code,
+                message: message.to_string(),
+            },
+        );
+    }
+}
+
+/// A logged-in user's session.
+pub struct LoggedIn {
+    pub user: String,
+    pub cwd: VPath,
+    pub jail: Arc<Jail>,
+}
+
+/// A login waiting for the client's proof.
+pub struct Challenge {
+    user: String,
+    auth_message: Vec<u8>,
+    keys: StoredKeys,
+    known: bool,
+}
+
+/// Where a session is.
+pub enum Phase {
+    /// Waiting for `Hello`.
+    Hello,
+    /// Waiting for `LoginStart`.
+    Login,
+    /// Challenge sent, waiting for `LoginProof`.
+    Challenged(Box<Challenge>),
+    /// A failed login; its reply goes out when the delay ends.
+    Penalty { until: Instant, close: bool },
+    /// Logged in, waiting for a command.
+    Ready,
+    /// Streaming a listing.
+    Listing {
+        entries: std::vec::IntoIter<Entry>,
+        total: u64,
+        truncated: bool,
+    },
+    /// A disk job is running for this session; its result resumes it.
+    Waiting,
+    /// `PutReady` sent; waiting for `PutFrom`.
+    PutOffered(Box<Upload>),
+    /// Receiving upload chunks.
+    Receiving(Box<Upload>),
+    /// An upload failed; dropping its remaining chunks up to `PutEnd`.
+    Discarding,
+    /// Streaming a download.
+    Sending(Box<Download>),
+    /// The last reply is queued; close once it is out and the peer hangs up.
+    Closing { until: Instant },
+}
+
+impl Phase {
+    /// Whether requests are read in this phase.
+    pub fn wants_input(&self) -> bool {
+        !matches!(
+            self,
+            Phase::Penalty { .. } | Phase::Waiting | Phase::Listing { .. } | Phase::Sending(_)
+        )
+    }
+
+    /// Whether the server is streaming a long reply.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self, Phase::Listing { .. } | Phase::Sending(_))
+    }
+
+    /// Whether file bytes are moving (buffers keep their memory meanwhile).
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            Phase::Receiving(_) | Phase::Sending(_) | Phase::Discarding
+        )
+    }
+}
+
+/// A session: its phase, its user, its clocks.
+pub struct State {
+    pub peer: SocketAddr,
+    /// Slab key and generation: who a disk job's result belongs to.
+    pub key: usize,
+    pub generation: u64,
+    pub phase: Phase,
+    pub login: Option<LoggedIn>,
+    attempts: u8,
+    opened: Instant,
+    /// Last time bytes moved.
+    pub active: Instant,
+    /// The earliest deadline armed in the timer heap, if any.
+    pub armed: Option<Instant>,
+}
+
+impl State {
+    /// A fresh session waiting for `Hello`.
+    pub fn new(peer: SocketAddr, key: usize, generation: u64, now: Instant) -> State {
+        State {
+            peer,
+            key,
+            generation,
+            phase: Phase::Hello,
+            login: None,
+            attempts: 0,
+            opened: now,
+            active: now,
+            armed: None,
+        }
+    }
+
+    /// When this session's next timeout is due.
+    pub fn deadline(&self, cfg: &Config) -> Instant {
+        match &self.phase {
+            Phase::Hello | Phase::Login | Phase::Challenged(_) => self.opened + cfg.login_timeout,
+            Phase::Penalty { until, .. } | Phase::Closing { until } => *until,
+            Phase::Ready | Phase::Listing { .. } | Phase::Waiting => self.active + cfg.idle_timeout,
+            Phase::PutOffered(_) | Phase::Receiving(_) | Phase::Discarding | Phase::Sending(_) => {
+                self.active + cfg.stall_timeout
+            }
+        }
+    }
+
+    fn user(&self) -> &str {
+        self.login.as_ref().map_or("-", |l| l.user.as_str())
+    }
+}
+
+/// Results of disk jobs, handed back to the session that asked.
+pub enum JobResult {
+    Listed(Result<(Vec<Entry>, u64, bool), FsError>),
+    UploadPrefix(Box<Upload>, std::io::Result<u32>),
+    Published(Box<Upload>, Result<u64, FsError>),
+    DownloadPrefix(Box<Download>, std::io::Result<u32>, u32),
+}
+
+/// Answers with an error and closes after the reply: for requests that
+/// break the protocol.
+pub fn refuse(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, code: ErrorCode, message: &str) {
+    ctx.send_error(tx, code, message);
+    abandon(st, ctx);
+    st.phase = Phase::Closing {
+        until: ctx.now + LINGER,
+    };
+}
+
+/// Handles one request.
+pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
+    let phase = std::mem::replace(&mut st.phase, Phase::Waiting);
+    st.phase = match (phase, req) {
+        (Phase::Hello, Request::Hello { magic, version }) => hello(tx, ctx, magic, version),
+        (phase @ (Phase::Login | Phase::Ready), Request::Ping) => {
+            ctx.send(tx, &Reply::Pong);
+            phase
+        }
+        (Phase::Login, Request::LoginStart { user, client_nonce }) => {
+            login_start(st, tx, ctx, user, &client_nonce)
+        }
+        (Phase::Challenged(ch), Request::LoginProof { proof }) => {
+            login_proof(st, tx, ctx, *ch, &proof)
+        }
+        (Phase::Ready, req) => command(st, tx, ctx, req),
+        (Phase::PutOffered(up), Request::PutFrom { offset }) => {
+            transfer::put_from(st, tx, ctx, up, offset)
+        }
+        (Phase::Receiving(up), Request::Chunk(bytes)) => {
+            transfer::put_chunk(st, tx, ctx, up, bytes)
+        }
+        (Phase::Receiving(up), Request::PutEnd { crc32 }) => {
+            transfer::put_end(st, tx, ctx, up, crc32)
+        }
+        (Phase::Discarding, Request::Chunk(_)) => Phase::Discarding,
+        (Phase::Discarding, Request::PutEnd { .. }) => Phase::Ready,
+        (phase, Request::Bye) => {
+            st.phase = phase;
+            abandon(st, ctx);
+            Phase::Closing {
+                until: ctx.now + LINGER,
+            }
+        }
+        (phase, req) => {
+            st.phase = phase;
+            let (code, message) = match (&st.phase, &req) {
+                (Phase::Hello, _) => (ErrorCode::BadRequest, "expected Hello first".to_string()),
+                (Phase::Login | Phase::Challenged(_), _) => {
+                    (ErrorCode::NotLoggedIn, "log in first".to_string())
+                }
+                _ => (
+                    ErrorCode::BadRequest,
+                    format!("unexpected {} now", request_name(&req)),
+                ),
+            };
+            log!(Info, "{} {}: {message}; closing", st.peer, clean(st.user()));
+            refuse(st, tx, ctx, code, &message);
+            return;
+        }
+    };
+}
+
+/// A short name of a request for messages (never its payload).
+fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Hello { .. } => "Hello",
+        Request::LoginStart { .. } => "LoginStart",
+        Request::LoginProof { .. } => "LoginProof",
+        Request::Ping => "Ping",
+        Request::Pwd => "Pwd",
+        Request::Cd { .. } => "Cd",
+        Request::List { .. } => "List",
+        Request::Stat { .. } => "Stat",
+        Request::Mkdir { .. } => "Mkdir",
+        Request::Rmdir { .. } => "Rmdir",
+        Request::Remove { .. } => "Remove",
+        Request::Rename { .. } => "Rename",
+        Request::Quota => "Quota",
+        Request::PutStart { .. } => "PutStart",
+        Request::PutFrom { .. } => "PutFrom",
+        Request::Chunk(_) => "Chunk",
+        Request::PutEnd { .. } => "PutEnd",
+        Request::GetStart { .. } => "GetStart",
+        Request::Bye => "Bye",
+    }
+}
+
+fn hello(tx: &mut Buffer, ctx: &mut Ctx, magic: u32, version: u32) -> Phase {
+    let closing = Phase::Closing {
+        until: ctx.now + LINGER,
+    };
+    if magic != MAGIC {
+        ctx.send_error(tx, ErrorCode::BadRequest, "not an ftpd client");
+        return closing;
+    }
+    if version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version mismatch: client speaks {version}, server speaks {PROTOCOL_VERSION}"
+        );
+        ctx.send_error(tx, ErrorCode::VersionMismatch, &message);
+        return closing;
+    }
+    ctx.send(
+        tx,
+        &Reply::Hello {
+            version: PROTOCOL_VERSION,
+            server: format!("ftpd {}", env!("CARGO_PKG_VERSION")),
+        },
+    );
+    Phase::Login
+}
+
+fn login_start(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    user: String,
+    nonce: &[u8],
+) -> Phase {
+    if user.is_empty() || user.len() > MAX_USER_LEN || !(16..=64).contains(&nonce.len()) {
+        st.phase = Phase::Login;
+        refuse(
+            st,
+            tx,
+            ctx,
+            ErrorCode::BadRequest,
+            "malformed login request",
+        );
+        return std::mem::replace(&mut st.phase, Phase::Waiting);
+    }
+    if let Err(locked) = ctx.guard.check(&user, st.peer.ip(), ctx.now) {
+        log!(
+            Warn,
+            "{} login refused for {:?}: locked out",
+            st.peer,
+            clean(&user)
+        );
+        let message = format!(
+            "too many failed logins; try again in {} s",
+            locked.remaining.as_secs().max(1)
+        );
+        ctx.send_error(tx, ErrorCode::LockedOut, &message);
+        return Phase::Login;
+    }
+    ctx.accounts.refresh();
+    let creds = ctx.accounts.credentials(&user);
+    let mut server_nonce = [0u8; NONCE_LEN];
+    if scram::fill_random(&mut server_nonce).is_err() {
+        ctx.send_error(tx, ErrorCode::Internal, "server has no random source");
+        return Phase::Login;
+    }
+    let auth_message = Transcript {
+        user: &user,
+        client_nonce: nonce,
+        server_nonce: &server_nonce,
+        salt: &creds.keys.salt,
+        kdf: creds.keys.kdf,
+    }
+    .auth_message();
+    ctx.send(
+        tx,
+        &Reply::Challenge {
+            server_nonce: server_nonce.to_vec(),
+            salt: creds.keys.salt.clone(),
+            kdf: creds.keys.kdf,
+        },
+    );
+    Phase::Challenged(Box::new(Challenge {
+        user,
+        auth_message,
+        keys: creds.keys,
+        known: creds.known,
+    }))
+}
+
+fn login_proof(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    ch: Challenge,
+    proof: &[u8],
+) -> Phase {
+    // Verify before looking at `known`, so a decoy costs the same work.
+    let verified = scram::verify_client_proof(&ch.keys.stored_key, &ch.auth_message, proof);
+    let ip = st.peer.ip();
+    if !(verified && ch.known) {
+        st.attempts += 1;
+        let delay = ctx.guard.failed(&ch.user, ip, ctx.now);
+        log!(
+            Warn,
+            "{} login failed for {:?} (attempt {} on this connection)",
+            st.peer,
+            clean(&ch.user),
+            st.attempts
+        );
+        return Phase::Penalty {
+            until: ctx.now + delay,
+            close: st.attempts >= ATTEMPTS_PER_CONN,
+        };
+    }
+    let max = ctx.cfg.max_sessions_per_user;
+    let Some(acc) = ctx.accounts.get_mut(&ch.user) else {
+        ctx.send_error(tx, ErrorCode::Internal, "account not loaded");
+        return Phase::Login;
+    };
+    if max > 0 && acc.sessions >= max {
+        log!(
+            Warn,
+            "{} login refused for {}: {max} sessions open",
+            st.peer,
+            ch.user
+        );
+        let message = format!("too many sessions for {} (limit {max})", ch.user);
+        ctx.send_error(tx, ErrorCode::TooManySessions, &message);
+        return Phase::Closing {
+            until: ctx.now + LINGER,
+        };
+    }
+    acc.sessions += 1;
+    let jail = Arc::clone(&acc.jail);
+    ctx.guard.succeeded(&ch.user, ip);
+    let signature = scram::server_signature(&ch.keys.server_key, &ch.auth_message);
+    ctx.send(
+        tx,
+        &Reply::LoginOk {
+            server_signature: signature.to_vec(),
+        },
+    );
+    log!(Info, "{} login {}", st.peer, ch.user);
+    st.login = Some(LoggedIn {
+        user: ch.user,
+        cwd: VPath::root(),
+        jail,
+    });
+    Phase::Ready
+}
+
+/// Resolves a client path against the session's current directory.
+pub fn resolve(login: &LoggedIn, path: &str) -> Result<VPath, FsError> {
+    VPath::resolve(&login.cwd, path)
+}
+
+/// A logged-in command.
+fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phase {
+    let Some(login) = st.login.as_mut() else {
+        ctx.send_error(tx, ErrorCode::NotLoggedIn, "log in first");
+        return Phase::Login;
+    };
+    let result: Result<Option<Reply>, FsError> = match req {
+        Request::Pwd => Ok(Some(Reply::Cwd(login.cwd.to_string()))),
+        Request::Cd { path } => resolve(login, &path).and_then(|p| {
+            login.jail.check_dir(&p)?;
+            login.cwd = p;
+            Ok(Some(Reply::Cwd(login.cwd.to_string())))
+        }),
+        Request::Stat { path } => {
+            resolve(login, &path).and_then(|p| Ok(Some(Reply::Entry(login.jail.stat(&p)?))))
+        }
+        Request::Mkdir { path } => resolve(login, &path).and_then(|p| {
+            login.jail.mkdir(&p)?;
+            Ok(Some(Reply::Ok))
+        }),
+        Request::Rmdir { path } => resolve(login, &path).and_then(|p| {
+            login.jail.rmdir(&p)?;
+            Ok(Some(Reply::Ok))
+        }),
+        Request::Remove { path } => resolve(login, &path).and_then(|p| {
+            let freed = login.jail.remove_file(&p)?;
+            ctx.accounts.adjust(&login.user, -(freed as i64), 0);
+            Ok(Some(Reply::Ok))
+        }),
+        Request::Rename { from, to } => rename(login, ctx, &from, &to).map(|()| Some(Reply::Ok)),
+        Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
+        Request::List { path } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            ctx.worker.submit(
+                st.key,
+                st.generation,
+                Box::new(move || JobResult::Listed(jail.list(&p, MAX_LIST_ENTRIES))),
+            );
+            None
+        }),
+        Request::PutStart { path, size, resume } => {
+            return transfer::put_start(st, tx, ctx, &path, size, resume);
+        }
+        Request::GetStart {
+            path,
+            offset,
+            prefix_crc,
+        } => return transfer::get_start(st, tx, ctx, &path, offset, prefix_crc),
+        other => {
+            st.phase = Phase::Ready;
+            let message = format!("unexpected {} now", request_name(&other));
+            refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
+            return std::mem::replace(&mut st.phase, Phase::Waiting);
+        }
+    };
+    match result {
+        Ok(Some(reply)) => {
+            ctx.send(tx, &reply);
+            Phase::Ready
+        }
+        Ok(None) => Phase::Waiting,
+        Err(e) => {
+            ctx.send_error(tx, e.code, &e.message);
+            Phase::Ready
+        }
+    }
+}
+
+/// `mv FROM TO`: onto an existing directory means into it, as with `mv`.
+fn rename(login: &LoggedIn, ctx: &mut Ctx, from: &str, to: &str) -> Result<(), FsError> {
+    let from = resolve(login, from)?;
+    let mut to = resolve(login, to)?;
+    if let Ok(entry) = login.jail.stat(&to) {
+        if entry.kind == crate::proto::EntryKind::Dir && to != from {
+            if let Some(name) = from.file_name() {
+                to = to.join(name)?;
+            }
+        }
+    }
+    let busy = ctx
+        .accounts
+        .get(&login.user)
+        .is_some_and(|a| a.uploads.contains(&from) || a.uploads.contains(&to));
+    if busy {
+        return Err(FsError {
+            code: ErrorCode::Busy,
+            message: format!("busy: an upload to {} is in progress", to),
+        });
+    }
+    let replaced = login.jail.rename(&from, &to)?;
+    ctx.accounts.adjust(&login.user, -(replaced as i64), 0);
+    Ok(())
+}
+
+/// Fills the send buffer from a streaming reply; returns bytes queued.
+pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
+    match &mut st.phase {
+        Phase::Listing {
+            entries,
+            total,
+            truncated,
+        } => {
+            let before = tx.len();
+            while tx.len() < super::conn::TX_HIGH {
+                let batch: Vec<Entry> = entries.by_ref().take(LIST_BATCH).collect();
+                if batch.is_empty() {
+                    let end = Reply::ListEnd {
+                        total: *total,
+                        truncated: *truncated,
+                    };
+                    ctx.send(tx, &end);
+                    st.phase = Phase::Ready;
+                    break;
+                }
+                ctx.send(tx, &Reply::Entries(batch));
+            }
+            tx.len().saturating_sub(before)
+        }
+        Phase::Sending(_) => transfer::pump_download(st, tx, ctx),
+        _ => 0,
+    }
+}
+
+/// A disk job finished for this session.
+pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResult) {
+    if !matches!(st.phase, Phase::Waiting) {
+        // Cannot happen: only Waiting sessions have jobs out. Clean up anyway.
+        orphaned(ctx, result);
+        return;
+    }
+    st.phase = match result {
+        JobResult::Listed(Ok((entries, total, truncated))) => Phase::Listing {
+            entries: entries.into_iter(),
+            total,
+            truncated,
+        },
+        JobResult::Listed(Err(e)) => {
+            ctx.send_error(tx, e.code, &e.message);
+            Phase::Ready
+        }
+        JobResult::UploadPrefix(up, crc) => transfer::offer_upload(st, tx, ctx, up, crc),
+        JobResult::Published(up, result) => transfer::published(st, tx, ctx, up, result),
+        JobResult::DownloadPrefix(down, crc, client_crc) => {
+            transfer::begin_download(st, tx, ctx, down, crc, client_crc)
+        }
+    };
+}
+
+/// A job finished after its session closed: settle its bookkeeping.
+pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
+    match result {
+        JobResult::Listed(_) | JobResult::DownloadPrefix(..) => {}
+        JobResult::UploadPrefix(up, _) => transfer::abort_upload(ctx, *up, "connection closed"),
+        JobResult::Published(up, result) => transfer::settle_published(ctx, *up, &result),
+    }
+}
+
+/// A deadline passed. Returns true when the connection should close now.
+pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
+    let closing = Phase::Closing {
+        until: ctx.now + LINGER,
+    };
+    match std::mem::replace(&mut st.phase, Phase::Waiting) {
+        Phase::Penalty { close, .. } => {
+            ctx.send_error(tx, ErrorCode::AuthFailed, "login failed");
+            st.phase = if close { closing } else { Phase::Login };
+        }
+        Phase::Closing { .. } => return true,
+        Phase::Hello | Phase::Login | Phase::Challenged(_) => {
+            log!(Info, "{} login timed out", st.peer);
+            ctx.send_error(tx, ErrorCode::Timeout, "login timed out");
+            st.phase = closing;
+        }
+        Phase::Waiting => {
+            // A disk job is slow; keep waiting, the job's result resumes us.
+            st.active = ctx.now;
+            st.phase = Phase::Waiting;
+        }
+        phase @ (Phase::Ready | Phase::Listing { .. }) => {
+            st.phase = phase;
+            let secs = ctx.cfg.idle_timeout.as_secs();
+            log!(Info, "{} {} idle for {secs} s; closing", st.peer, st.user());
+            ctx.send_error(
+                tx,
+                ErrorCode::Timeout,
+                &format!("idle for {secs} s; closing"),
+            );
+            abandon(st, ctx);
+            st.phase = closing;
+        }
+        phase => {
+            st.phase = phase;
+            let secs = ctx.cfg.stall_timeout.as_secs();
+            log!(
+                Info,
+                "{} {} transfer stalled for {secs} s; closing",
+                st.peer,
+                st.user()
+            );
+            ctx.send_error(
+                tx,
+                ErrorCode::Timeout,
+                &format!("transfer stalled for {secs} s"),
+            );
+            abandon(st, ctx);
+            st.phase = closing;
+        }
+    }
+    false
+}
+
+/// Ends whatever the session was doing (an upload keeps its partial file
+/// for resume), without replying.
+pub fn abandon(st: &mut State, ctx: &mut Ctx) {
+    match std::mem::replace(&mut st.phase, Phase::Ready) {
+        Phase::PutOffered(up) | Phase::Receiving(up) => {
+            transfer::abort_upload(ctx, *up, "abandoned");
+        }
+        Phase::Sending(down) => transfer::log_download(st, ctx, &down, "abandoned"),
+        other => st.phase = other,
+    }
+}
+
+/// The connection is gone: release what the session held.
+pub fn closed(st: &mut State, ctx: &mut Ctx) {
+    abandon(st, ctx);
+    if let Some(login) = st.login.take() {
+        if let Some(acc) = ctx.accounts.get_mut(&login.user) {
+            acc.sessions = acc.sessions.saturating_sub(1);
+        }
+        log!(Debug, "{} logout {}", st.peer, login.user);
+    }
+}
