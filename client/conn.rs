@@ -58,7 +58,8 @@ pub struct Conn {
 impl Conn {
     /// Connects to `addr` ("host:port") and exchanges `Hello`.
     pub fn connect(addr: &str) -> Result<Conn, Failure> {
-        let cannot = |e: &dyn std::fmt::Display| Failure::Link(format!("cannot connect to {addr}: {e}"));
+        let cannot =
+            |e: &dyn std::fmt::Display| Failure::Link(format!("cannot connect to {addr}: {e}"));
         let addrs = addr.to_socket_addrs().map_err(|e| cannot(&e))?;
         let mut last = None;
         let mut stream = None;
@@ -136,9 +137,9 @@ impl Conn {
         let failed = |m: &str| Failure::Login(format!("login failed for {}: {m}", sanitize(user)));
         let login_error = |e: Failure| match e {
             Failure::Refused { code, message } => match code {
-                ErrorCode::AuthFailed | ErrorCode::LockedOut | ErrorCode::TooManySessions => {
-                    failed(&message)
-                }
+                // The server never says which of the two was wrong.
+                ErrorCode::AuthFailed => failed("wrong user name or password"),
+                ErrorCode::LockedOut | ErrorCode::TooManySessions => failed(&message),
                 _ => Failure::Refused { code, message },
             },
             other => other,
@@ -325,9 +326,7 @@ fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Failure> {
 fn io_failure(e: &std::io::Error, doing: &str) -> Failure {
     match e.kind() {
         // A socket timeout shows up as either, depending on the platform.
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            Failure::Link(format!("timed out {doing}"))
-        }
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Failure::Link(format!("timed out {doing}")),
         _ => Failure::Link(format!("connection lost while {doing}: {e}")),
     }
 }

@@ -48,7 +48,11 @@ pub enum Failure {
     Local(String),
     /// Some lines of a shell script failed; `code` is the last failure's.
     #[error("{failed} of {total} commands failed")]
-    Script { failed: usize, total: usize, code: u8 },
+    Script {
+        failed: usize,
+        total: usize,
+        code: u8,
+    },
 }
 
 impl Failure {

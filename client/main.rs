@@ -46,7 +46,7 @@ use crate::error::Failure;
 
 /// Client for the ftpd file-transfer server.
 #[derive(Debug, Parser)]
-#[command(name = "ftpc", version, about)]
+#[command(name = "ftpc", version)]
 struct Cli {
     /// Server address.
     #[arg(
@@ -109,9 +109,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let user = cli.user.as_deref().ok_or_else(|| {
-        Failure::Usage("no user name: use --user NAME or set FTPC_USER".into())
-    })?;
+    let user = cli
+        .user
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
     let mut conn = Conn::connect(&cli.server)?;
     conn.login(user, password.as_bytes())?;

@@ -40,7 +40,13 @@ pub struct Progress {
 impl Progress {
     /// Starts showing a transfer of `total` bytes of which `offset` were
     /// already there.
-    pub fn start(direction: Direction, name: &str, total: u64, offset: u64, quiet: bool) -> Progress {
+    pub fn start(
+        direction: Direction,
+        name: &str,
+        total: u64,
+        offset: u64,
+        quiet: bool,
+    ) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let mut msg = short_name(&sanitize(name));
             if offset > 0 {
@@ -127,7 +133,11 @@ fn summary(direction: Direction, bytes: u64, resumed_at: u64, took: Duration) ->
         let _ = write!(out, " (resumed at {})", format_size(resumed_at));
     }
     let places = if secs < 1.0 { 2 } else { 1 };
-    let _ = write!(out, " in {secs:.places$} s, {}/s, crc32 ok", format_size(rate));
+    let _ = write!(
+        out,
+        " in {secs:.places$} s, {}/s, crc32 ok",
+        format_size(rate)
+    );
     out
 }
 
@@ -203,7 +213,10 @@ mod tests {
         let s = summary(Direction::Sent, 0, 0, Duration::from_millis(1));
         assert!(s.starts_with("sent ") && s.ends_with("crc32 ok"), "{s}");
         let s = summary(Direction::Received, 10, 5, Duration::from_secs(2));
-        assert!(s.starts_with("received ") && s.contains(" in 2.0 s, "), "{s}");
+        assert!(
+            s.starts_with("received ") && s.contains(" in 2.0 s, "),
+            "{s}"
+        );
         assert!(s.contains("(resumed at "), "{s}");
     }
 }

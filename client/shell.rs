@@ -141,7 +141,9 @@ fn run_line(conn: &mut Conn, line: &str, cwd: &mut String, quiet: bool) -> anyho
         Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             let text = e.render().to_string();
-            return Err(Failure::Usage(text.trim_end().trim_start_matches("error: ").into()).into());
+            return Err(
+                Failure::Usage(text.trim_end().trim_start_matches("error: ").into()).into(),
+            );
         }
         Err(e) => {
             // Help was asked for: not a failure.
@@ -217,7 +219,10 @@ mod tests {
     fn quotes_and_escapes_keep_spaces() {
         assert_eq!(words(r#"get "my file.txt""#), ["get", "my file.txt"]);
         assert_eq!(words(r"get my\ file.txt"), ["get", "my file.txt"]);
-        assert_eq!(words(r#"mv "a \"q\" b" 'c d'"#), ["mv", r#"a "q" b"#, "c d"]);
+        assert_eq!(
+            words(r#"mv "a \"q\" b" 'c d'"#),
+            ["mv", r#"a "q" b"#, "c d"]
+        );
         assert_eq!(words(r#"x"y z"w"#), ["xy zw"]);
         assert_eq!(words(r#"mkdir """#), ["mkdir", ""]);
         assert_eq!(words(r"a\\b"), [r"a\b"]);
@@ -228,7 +233,7 @@ mod tests {
         assert!(words("# a comment").is_empty());
         assert_eq!(words("ls # list"), ["ls"]);
         assert_eq!(words("rm a#b"), ["rm", "a#b"]);
-        assert_eq!(words(r#"rm "#x""#), ["rm", "#x"]);
+        assert_eq!(words(r##"rm "#x""##), ["rm", "#x"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! straight from the receive buffer. Neither allocates per chunk.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,7 +86,10 @@ pub fn put(
             note(quiet, &format!("resuming at {}", format_size(offer)));
             start = offer;
         } else {
-            note(quiet, "the partial upload on the server differs; starting over");
+            note(
+                quiet,
+                "the partial upload on the server differs; starting over",
+            );
             hasher = Hasher::new();
             file.rewind()
                 .with_context(|| format!("cannot read {shown}"))?;
@@ -95,7 +98,15 @@ pub fn put(
     conn.send(&Request::PutFrom { offset: start })?;
 
     let progress = Progress::start(Direction::Sent, &remote, size, start, quiet);
-    match send_chunks(conn, &mut file, start, size, &mut hasher, &mut buf, &progress)? {
+    match send_chunks(
+        conn,
+        &mut file,
+        start,
+        size,
+        &mut hasher,
+        &mut buf,
+        &progress,
+    )? {
         Sent::All => {}
         Sent::Stopped => {
             // The server has answered already (with an error) and skips our
@@ -191,7 +202,7 @@ fn send_chunks(
         conn.send_raw(&buf[..used])?;
         progress.inc(pos - batch_start);
         writes += 1;
-        if writes % WRITES_PER_CHECK == 0 && conn.reply_waiting() {
+        if writes.is_multiple_of(WRITES_PER_CHECK) && conn.reply_waiting() {
             return Ok(Sent::Stopped);
         }
     }
@@ -271,10 +282,10 @@ pub fn get(
                 }
                 // After a local write error, keep reading to the end so the
                 // session stays in step; the error is reported then.
-                if write_error.is_none() {
-                    if let Err(e) = file.write_all(data) {
-                        write_error = Some(e);
-                    }
+                if write_error.is_none()
+                    && let Err(e) = file.write_all(data)
+                {
+                    write_error = Some(e);
                 }
                 hasher.update(data);
                 got += data.len() as u64;

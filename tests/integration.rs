@@ -1,0 +1,7 @@
+//! Integration tests: the real `ftpd` on port 0, driven by the real `ftpc`
+//! and by raw sockets.
+
+mod util;
+
+mod login;
+mod protocol;

@@ -85,15 +85,39 @@ mod tests {
     fn maps_errno_to_codes() {
         use ErrorCode::*;
         let cases = [
-            (Errno::NOENT, NotFound, "no such file or directory: /docs/a.txt"),
+            (
+                Errno::NOENT,
+                NotFound,
+                "no such file or directory: /docs/a.txt",
+            ),
             (Errno::NOTDIR, NotADirectory, "not a directory: /docs/a.txt"),
             (Errno::ISDIR, IsADirectory, "is a directory: /docs/a.txt"),
             (Errno::EXIST, AlreadyExists, "already exists: /docs/a.txt"),
-            (Errno::NOTEMPTY, NotEmpty, "directory not empty: /docs/a.txt"),
-            (Errno::LOOP, PermissionDenied, "permission denied: /docs/a.txt"),
-            (Errno::XDEV, PermissionDenied, "permission denied: /docs/a.txt"),
-            (Errno::ACCESS, PermissionDenied, "permission denied: /docs/a.txt"),
-            (Errno::PERM, PermissionDenied, "permission denied: /docs/a.txt"),
+            (
+                Errno::NOTEMPTY,
+                NotEmpty,
+                "directory not empty: /docs/a.txt",
+            ),
+            (
+                Errno::LOOP,
+                PermissionDenied,
+                "permission denied: /docs/a.txt",
+            ),
+            (
+                Errno::XDEV,
+                PermissionDenied,
+                "permission denied: /docs/a.txt",
+            ),
+            (
+                Errno::ACCESS,
+                PermissionDenied,
+                "permission denied: /docs/a.txt",
+            ),
+            (
+                Errno::PERM,
+                PermissionDenied,
+                "permission denied: /docs/a.txt",
+            ),
             (Errno::NOSPC, Io, "the server's disk is full"),
             (Errno::DQUOT, Io, "the server's disk is full"),
             (Errno::NAMETOOLONG, BadRequest, "name too long: /docs/a.txt"),

@@ -136,8 +136,7 @@ impl Jail {
             let item = item.map_err(err)?;
             let name = item.file_name();
             let bytes = name.to_bytes();
-            if bytes == b"." || bytes == b".." || (p.is_root() && bytes == PARTIAL_DIR.as_bytes())
-            {
+            if bytes == b"." || bytes == b".." || (p.is_root() && bytes == PARTIAL_DIR.as_bytes()) {
                 continue;
             }
             seen += 1;
@@ -210,7 +209,11 @@ impl Jail {
     /// a file `NotADirectory`, a folder onto a non-empty one `NotEmpty`.
     pub fn rename(&self, from: &VPath, to: &VPath) -> Result<u64, FsError> {
         let (Some(from_name), Some(to_name)) = (from.file_name(), to.file_name()) else {
-            let what = if from.is_root() { "cannot move /" } else { "cannot replace /" };
+            let what = if from.is_root() {
+                "cannot move /"
+            } else {
+                "cannot replace /"
+            };
             return Err(FsError::new(ErrorCode::PermissionDenied, what));
         };
         let into_itself = || {
@@ -283,7 +286,10 @@ impl Jail {
     /// to fsync it too). Errors name the parent, which is what failed.
     fn open_parent(&self, p: &VPath, flags: OFlags) -> Result<OwnedFd, FsError> {
         let Some(parent) = p.parent() else {
-            return Err(FsError::new(ErrorCode::PermissionDenied, "permission denied: /"));
+            return Err(FsError::new(
+                ErrorCode::PermissionDenied,
+                "permission denied: /",
+            ));
         };
         self.open_beneath(&parent, flags | OFlags::DIRECTORY)
             .map_err(|e| FsError::from_errno(e, &parent))
@@ -292,7 +298,12 @@ impl Jail {
 
 /// `openat2(dir, rel, flags | O_CLOEXEC, mode, RESOLVE)`, retrying the
 /// transient failures.
-fn open_beneath(dir: BorrowedFd<'_>, rel: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+fn open_beneath(
+    dir: BorrowedFd<'_>,
+    rel: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
     let mut tries = 0;
     loop {
         match rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC, mode, RESOLVE) {

@@ -50,7 +50,10 @@ impl Jail {
     /// writing, without truncating it; returns it and its current length.
     pub fn open_partial(&self, target: &VPath) -> Result<(File, u64), FsError> {
         let err = |e| FsError::from_errno(e, target);
-        let dir = self.partial_dir(true).map_err(err)?.ok_or_else(|| err(Errno::NOENT))?;
+        let dir = self
+            .partial_dir(true)
+            .map_err(err)?
+            .ok_or_else(|| err(Errno::NOENT))?;
         // O_NONBLOCK so that a FIFO planted under the partial's name cannot
         // stall the server; fstat then refuses it.
         let fd = open_beneath(
@@ -105,7 +108,10 @@ impl Jail {
                 format!("no upload in progress for {target}"),
             )
         };
-        let partials = self.partial_dir(false).map_err(err)?.ok_or_else(no_upload)?;
+        let partials = self
+            .partial_dir(false)
+            .map_err(err)?
+            .ok_or_else(no_upload)?;
         // Readable, not O_PATH: fsync needs a real descriptor.
         let dir = self.open_parent(target, OFlags::RDONLY)?;
         let replaced = match lstat_at(&dir, target_name) {
@@ -175,7 +181,11 @@ impl Jail {
     /// `None` if it does not exist and `create` is false.
     fn partial_dir(&self, create: bool) -> Result<Option<OwnedFd>, Errno> {
         if create {
-            match rustix::fs::mkdirat(&self.home, PARTIAL_DIR, Mode::from_raw_mode(PARTIAL_DIR_MODE)) {
+            match rustix::fs::mkdirat(
+                &self.home,
+                PARTIAL_DIR,
+                Mode::from_raw_mode(PARTIAL_DIR_MODE),
+            ) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(e),
             }

@@ -132,7 +132,10 @@ fn stat_reports_kind_size_and_name() {
     assert_eq!((root.name.as_str(), root.kind), ("/", EntryKind::Dir));
 
     let a = fx.jail.stat(&vp("/a.txt")).unwrap();
-    assert_eq!((a.name.as_str(), a.kind, a.size), ("a.txt", EntryKind::File, 5));
+    assert_eq!(
+        (a.name.as_str(), a.kind, a.size),
+        ("a.txt", EntryKind::File, 5)
+    );
     assert!(a.mtime > 1_600_000_000);
 
     let docs = fx.jail.stat(&vp("/docs")).unwrap();
@@ -140,7 +143,10 @@ fn stat_reports_kind_size_and_name() {
 
     assert_eq!(code(fx.jail.stat(&vp("/nope"))), ErrorCode::NotFound);
     assert_eq!(code(fx.jail.stat(&vp("/nope/x"))), ErrorCode::NotFound);
-    assert_eq!(code(fx.jail.stat(&vp("/a.txt/x"))), ErrorCode::NotADirectory);
+    assert_eq!(
+        code(fx.jail.stat(&vp("/a.txt/x"))),
+        ErrorCode::NotADirectory
+    );
 }
 
 #[test]
@@ -150,7 +156,10 @@ fn dotdot_in_user_input_cannot_leave_the_home() {
     assert_eq!(p.to_string(), "/outside/secret.txt");
     assert_eq!(code(fx.jail.open_read(&p)), ErrorCode::NotFound);
     assert_eq!(
-        code(fx.jail.mkdir(&VPath::resolve(&VPath::root(), "../../x/y").unwrap())),
+        code(
+            fx.jail
+                .mkdir(&VPath::resolve(&VPath::root(), "../../x/y").unwrap())
+        ),
         ErrorCode::NotFound
     );
     fx.assert_outside_untouched();
@@ -187,8 +196,14 @@ fn symlinks_are_listed_but_never_followed() {
         assert_eq!(code(fx.jail.check_dir(&slash)), DENIED, "{link}");
         assert_eq!(code(fx.jail.mkdir(&l.join("x").unwrap())), DENIED, "{link}");
         assert_eq!(code(fx.jail.rmdir(&l.join("b").unwrap())), DENIED, "{link}");
-        assert_eq!(code(fx.jail.rename(&vp("/f.txt"), &l.join("f.txt").unwrap())), DENIED);
-        assert_eq!(code(fx.jail.rename(&vp("/docs"), &l.join("docs").unwrap())), DENIED);
+        assert_eq!(
+            code(fx.jail.rename(&vp("/f.txt"), &l.join("f.txt").unwrap())),
+            DENIED
+        );
+        assert_eq!(
+            code(fx.jail.rename(&vp("/docs"), &l.join("docs").unwrap())),
+            DENIED
+        );
         assert_eq!(code(fx.jail.list(&l.join("b").unwrap(), MAX_LIST)), DENIED);
 
         let up = l.join("up.txt").unwrap();
@@ -215,7 +230,10 @@ fn symlinks_are_listed_but_never_followed() {
     // Removing or renaming a link acts on the link, never on its target.
     assert_eq!(fx.jail.remove_file(&vp("/out")).unwrap(), 0);
     assert_eq!(fx.jail.rename(&vp("/bob"), &vp("/docs/bob")).unwrap(), 0);
-    assert_eq!(fx.jail.stat(&vp("/docs/bob")).unwrap().kind, EntryKind::Symlink);
+    assert_eq!(
+        fx.jail.stat(&vp("/docs/bob")).unwrap().kind,
+        EntryKind::Symlink
+    );
     assert_eq!(code(fx.jail.rmdir(&vp("/etc"))), ErrorCode::NotADirectory);
     assert!(Path::new("/etc").is_dir());
     fx.assert_outside_untouched();
@@ -291,10 +309,19 @@ fn open_read_reads_regular_files_only() {
     let (f, size) = fx.jail.open_read(&vp("/docs/a.txt")).unwrap();
     assert_eq!(size, 5);
     assert_eq!(read_all(f), b"hello");
-    assert_eq!(code(fx.jail.open_read(&vp("/docs"))), ErrorCode::IsADirectory);
-    assert_eq!(code(fx.jail.open_read(&VPath::root())), ErrorCode::IsADirectory);
+    assert_eq!(
+        code(fx.jail.open_read(&vp("/docs"))),
+        ErrorCode::IsADirectory
+    );
+    assert_eq!(
+        code(fx.jail.open_read(&VPath::root())),
+        ErrorCode::IsADirectory
+    );
     assert_eq!(code(fx.jail.open_read(&vp("/nope"))), ErrorCode::NotFound);
-    assert_eq!(code(fx.jail.open_read(&vp("/docs/a.txt/x"))), ErrorCode::NotADirectory);
+    assert_eq!(
+        code(fx.jail.open_read(&vp("/docs/a.txt/x"))),
+        ErrorCode::NotADirectory
+    );
 }
 
 #[test]
@@ -373,12 +400,18 @@ fn mkdir_and_rmdir() {
     fx.jail.mkdir(&vp("/d")).unwrap();
     fx.jail.mkdir(&vp("/d/e")).unwrap();
     assert!(fx.home.join("d").join("e").is_dir());
-    let mode = fs::metadata(fx.home.join("d")).unwrap().permissions().mode();
+    let mode = fs::metadata(fx.home.join("d"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o700, 0o700);
 
     assert_eq!(code(fx.jail.mkdir(&vp("/d"))), ErrorCode::AlreadyExists);
     assert_eq!(code(fx.jail.mkdir(&vp("/f"))), ErrorCode::AlreadyExists);
-    assert_eq!(code(fx.jail.mkdir(&VPath::root())), ErrorCode::AlreadyExists);
+    assert_eq!(
+        code(fx.jail.mkdir(&VPath::root())),
+        ErrorCode::AlreadyExists
+    );
     assert_eq!(code(fx.jail.mkdir(&vp("/nope/x"))), ErrorCode::NotFound);
     assert_eq!(code(fx.jail.mkdir(&vp("/f/x"))), ErrorCode::NotADirectory);
 
@@ -400,8 +433,14 @@ fn remove_file_returns_the_bytes_freed() {
     assert_eq!(fx.jail.remove_file(&vp("/f")).unwrap(), 5);
     assert!(!fx.home.join("f").exists());
     assert_eq!(code(fx.jail.remove_file(&vp("/f"))), ErrorCode::NotFound);
-    assert_eq!(code(fx.jail.remove_file(&vp("/d"))), ErrorCode::IsADirectory);
-    assert_eq!(code(fx.jail.remove_file(&VPath::root())), ErrorCode::IsADirectory);
+    assert_eq!(
+        code(fx.jail.remove_file(&vp("/d"))),
+        ErrorCode::IsADirectory
+    );
+    assert_eq!(
+        code(fx.jail.remove_file(&VPath::root())),
+        ErrorCode::IsADirectory
+    );
     assert!(fx.home.join("d").is_dir());
 }
 
@@ -423,11 +462,19 @@ fn rename_files_and_folders() {
     // Across folders, and onto itself.
     assert_eq!(fx.jail.rename(&vp("/old"), &vp("/a/sub/moved")).unwrap(), 0);
     assert_eq!(fs::read(h.join("a/sub/moved")).unwrap(), b"new!");
-    assert_eq!(fx.jail.rename(&vp("/a/sub/moved"), &vp("/a/sub/moved")).unwrap(), 0);
+    assert_eq!(
+        fx.jail
+            .rename(&vp("/a/sub/moved"), &vp("/a/sub/moved"))
+            .unwrap(),
+        0
+    );
     assert!(h.join("a/sub/moved").exists());
     // Hard links to one file: the kernel does nothing, nothing is freed.
     fs::hard_link(h.join("a/sub/moved"), h.join("hard")).unwrap();
-    assert_eq!(fx.jail.rename(&vp("/hard"), &vp("/a/sub/moved")).unwrap(), 0);
+    assert_eq!(
+        fx.jail.rename(&vp("/hard"), &vp("/a/sub/moved")).unwrap(),
+        0
+    );
 
     // A folder into itself or below itself.
     let e = fx.jail.rename(&vp("/a"), &vp("/a/sub/a")).unwrap_err();
@@ -435,13 +482,31 @@ fn rename_files_and_folders() {
         (e.code, e.message.as_str()),
         (ErrorCode::BadRequest, "cannot move /a into itself")
     );
-    assert_eq!(code(fx.jail.rename(&vp("/a"), &vp("/a/b"))), ErrorCode::BadRequest);
+    assert_eq!(
+        code(fx.jail.rename(&vp("/a"), &vp("/a/b"))),
+        ErrorCode::BadRequest
+    );
     // Kinds that do not fit.
-    assert_eq!(code(fx.jail.rename(&vp("/hard"), &vp("/a"))), ErrorCode::IsADirectory);
-    assert_eq!(code(fx.jail.rename(&vp("/a"), &vp("/hard"))), ErrorCode::NotADirectory);
-    assert_eq!(code(fx.jail.rename(&vp("/a"), &vp("/full"))), ErrorCode::NotEmpty);
-    assert_eq!(code(fx.jail.rename(&vp("/nope"), &vp("/x"))), ErrorCode::NotFound);
-    assert_eq!(code(fx.jail.rename(&vp("/hard"), &vp("/nope/x"))), ErrorCode::NotFound);
+    assert_eq!(
+        code(fx.jail.rename(&vp("/hard"), &vp("/a"))),
+        ErrorCode::IsADirectory
+    );
+    assert_eq!(
+        code(fx.jail.rename(&vp("/a"), &vp("/hard"))),
+        ErrorCode::NotADirectory
+    );
+    assert_eq!(
+        code(fx.jail.rename(&vp("/a"), &vp("/full"))),
+        ErrorCode::NotEmpty
+    );
+    assert_eq!(
+        code(fx.jail.rename(&vp("/nope"), &vp("/x"))),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(fx.jail.rename(&vp("/hard"), &vp("/nope/x"))),
+        ErrorCode::NotFound
+    );
     // The root, either way.
     assert_eq!(code(fx.jail.rename(&VPath::root(), &vp("/x"))), DENIED);
     assert_eq!(code(fx.jail.rename(&vp("/hard"), &VPath::root())), DENIED);
@@ -475,7 +540,10 @@ fn partial_upload_publishes_atomically() {
 
     let (mut f, len) = fx.jail.open_partial(&target).unwrap();
     assert_eq!(len, 0);
-    let dir_mode = fs::metadata(fx.home.join(PARTIAL_DIR)).unwrap().permissions().mode();
+    let dir_mode = fs::metadata(fx.home.join(PARTIAL_DIR))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(dir_mode & 0o777, 0o700);
     f.write_all(b"hel").unwrap();
     drop(f);
@@ -511,14 +579,22 @@ fn publish_refuses_folders_and_replaces_symlinks_themselves() {
     assert_eq!(code(fx.jail.publish_partial(&d)), ErrorCode::IsADirectory);
     // The partial survives a refused publish.
     assert_eq!(fx.jail.remove_partial(&d).unwrap(), 1);
-    assert_eq!(code(fx.jail.publish_partial(&VPath::root())), ErrorCode::IsADirectory);
+    assert_eq!(
+        code(fx.jail.publish_partial(&VPath::root())),
+        ErrorCode::IsADirectory
+    );
 
     let missing = vp("/nope/x");
     fx.jail.open_partial(&missing).unwrap();
     assert_eq!(code(fx.jail.publish_partial(&missing)), ErrorCode::NotFound);
 
     let link = vp("/link");
-    fx.jail.open_partial(&link).unwrap().0.write_all(b"mine").unwrap();
+    fx.jail
+        .open_partial(&link)
+        .unwrap()
+        .0
+        .write_all(b"mine")
+        .unwrap();
     assert_eq!(fx.jail.publish_partial(&link).unwrap(), 0);
     let meta = fs::symlink_metadata(fx.home.join("link")).unwrap();
     assert!(meta.is_file());
@@ -535,8 +611,18 @@ fn remove_and_clean_partials_free_bytes() {
     f.write_all(b"1234567").unwrap();
     assert_eq!(fx.jail.remove_partial(&vp("/a")).unwrap(), 7);
 
-    fx.jail.open_partial(&vp("/b")).unwrap().0.write_all(b"12").unwrap();
-    fx.jail.open_partial(&vp("/c")).unwrap().0.write_all(b"345").unwrap();
+    fx.jail
+        .open_partial(&vp("/b"))
+        .unwrap()
+        .0
+        .write_all(b"12")
+        .unwrap();
+    fx.jail
+        .open_partial(&vp("/c"))
+        .unwrap()
+        .0
+        .write_all(b"345")
+        .unwrap();
     let day = Duration::from_secs(86_400);
     assert_eq!(fx.jail.clean_stale_partials(day).unwrap(), 0);
     assert_eq!(names(&fx.home.join(PARTIAL_DIR)).len(), 2);
@@ -549,48 +635,52 @@ fn remove_and_clean_partials_free_bytes() {
 /// nothing outside is ever read, listed or created.
 #[test]
 fn racing_symlink_swaps_never_escape() {
-    const SWAPS: usize = 2000;
+    const ROUNDS: u32 = 2000;
+    // Bounds the swapper should this thread die early.
+    const MAX_SWAPS: u32 = 2_000_000;
     let fx = Fixture::new();
     fs::create_dir(fx.home.join("sw")).unwrap();
-    fs::write(fx.home.join("sw/secret.txt"), "inside").unwrap();
+    // Not the length of the outside secret, so a stat through the link
+    // would show.
+    fs::write(fx.home.join("sw/secret.txt"), "in").unwrap();
     fs::write(fx.home.join("f.txt"), "mover").unwrap();
     symlink(&fx.outside, fx.home.join("stash")).unwrap();
 
-    let home = rustix::fs::open(&fx.home, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-        .unwrap();
-    let done = Arc::new(AtomicBool::new(false));
+    let home =
+        rustix::fs::open(&fx.home, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
-        let done = Arc::clone(&done);
+        let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             use rustix::fs::{RenameFlags, renameat, renameat_with};
-            for _ in 0..SWAPS {
-                // One atomic swap where the filesystem can; else two
-                // renames, with a moment where `sw` is missing.
+            let mut swaps = 0;
+            while !stop.load(Ordering::Relaxed) && swaps < MAX_SWAPS {
+                // One atomic swap where the filesystem can; else three
+                // renames, with moments where `sw` is missing.
                 if renameat_with(&home, "sw", &home, "stash", RenameFlags::EXCHANGE).is_err() {
                     renameat(&home, "sw", &home, "parked").unwrap();
                     renameat(&home, "stash", &home, "sw").unwrap();
                     renameat(&home, "parked", &home, "stash").unwrap();
                 }
+                swaps += 1;
                 std::thread::yield_now();
             }
-            done.store(true, Ordering::SeqCst);
+            swaps
         })
     };
 
     let (mut opened, mut refused) = (0u32, 0u32);
-    let mut i = 0u32;
-    while !done.load(Ordering::SeqCst) || i < 200 {
-        i += 1;
+    for i in 0..ROUNDS {
         let r = fx.jail.open_read(&vp("/sw/secret.txt"));
         if ok(&r) {
             opened += 1;
             let (f, _) = r.unwrap();
-            assert_eq!(read_all(f), b"inside");
+            assert_eq!(read_all(f), b"in");
         } else {
             refused += 1;
         }
         if let Ok(e) = fx.jail.stat(&vp("/sw/secret.txt")) {
-            assert_eq!(e.size, 6);
+            assert_eq!(e.size, 2);
         }
         let r = fx.jail.list(&vp("/sw"), MAX_LIST);
         if ok(&r) {
@@ -602,15 +692,23 @@ fn racing_symlink_swaps_never_escape() {
         if ok(&fx.jail.rename(&vp("/f.txt"), &vp("/sw/f.txt"))) {
             ok(&fx.jail.rename(&vp("/sw/f.txt"), &vp("/f.txt")));
         }
+        ok(&fx.jail.remove_file(&vp("/sw/gone.txt")));
         let up = vp("/sw/up.txt");
         if let Ok((mut f, 0)) = fx.jail.open_partial(&up) {
             f.write_all(b"upload").unwrap();
         }
         ok(&fx.jail.publish_partial(&up));
+        std::thread::yield_now();
     }
-    swapper.join().unwrap();
-    eprintln!("race: {i} rounds, {opened} reads through a folder, {refused} refused");
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("race: {swaps} swaps, {opened} reads through the folder, {refused} refused");
     fx.assert_outside_untouched();
+    // The race really ran: both shapes of `/sw` were met.
+    assert!(
+        opened > 0 && refused > 0,
+        "{opened} opened, {refused} refused"
+    );
 }
 
 /// Whether a raced operation went through; a failure must be a refusal

@@ -113,9 +113,7 @@ impl VPath {
 
     fn check_depth(&self) -> Result<(), FsError> {
         if self.components.len() > MAX_PATH_DEPTH {
-            return Err(bad(format!(
-                "path too deep (over {MAX_PATH_DEPTH} levels)"
-            )));
+            return Err(bad(format!("path too deep (over {MAX_PATH_DEPTH} levels)")));
         }
         Ok(())
     }

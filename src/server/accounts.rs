@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::jail::{Jail, VPath};
-use crate::proto::{ErrorCode, QuotaInfo};
+use crate::proto::{ErrorCode, KdfParams, QuotaInfo};
 use crate::scram::{self, StoredKeys};
 use crate::size::format_size;
 use crate::users::{self, UserDb};
@@ -62,6 +62,9 @@ pub struct Accounts {
     secret: [u8; 32],
     partial_ttl: Duration,
     map: HashMap<String, Account>,
+    /// Key-derivation settings shown for unknown users: the most common
+    /// among real users, so a decoy does not stand out by its settings.
+    decoy_kdf: KdfParams,
 }
 
 impl Accounts {
@@ -74,6 +77,7 @@ impl Accounts {
             secret,
             partial_ttl,
             map: HashMap::new(),
+            decoy_kdf: scram::DEFAULT_KDF,
         };
         accounts.reload()?;
         Ok(accounts)
@@ -124,6 +128,7 @@ impl Accounts {
             acc.active = present;
             present || acc.sessions > 0 || !acc.uploads.is_empty()
         });
+        self.decoy_kdf = most_common_kdf(&db);
         self.stamp = stamp;
         Ok(())
     }
@@ -154,10 +159,11 @@ impl Accounts {
                 keys: acc.keys.clone(),
                 known: true,
             },
-            None => Credentials {
-                keys: scram::decoy_keys(&self.secret, name),
-                known: false,
-            },
+            None => {
+                let mut keys = scram::decoy_keys(&self.secret, name);
+                keys.kdf = self.decoy_kdf;
+                Credentials { keys, known: false }
+            }
         }
     }
 
@@ -217,4 +223,21 @@ impl Accounts {
             acc.reserved = acc.reserved.saturating_sub(release);
         }
     }
+}
+
+/// The key-derivation settings most users have (the default when none).
+fn most_common_kdf(db: &UserDb) -> KdfParams {
+    let mut counts: HashMap<(u8, u32, u32), usize> = HashMap::new();
+    for user in db.iter() {
+        let k = user.keys.kdf;
+        *counts.entry((k.log_n, k.r, k.p)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(key, count)| (*count, *key))
+        .map_or(scram::DEFAULT_KDF, |((log_n, r, p), _)| KdfParams {
+            log_n,
+            r,
+            p,
+        })
 }

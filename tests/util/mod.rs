@@ -1,0 +1,388 @@
+//! Test helpers: start the real `ftpd` on port 0, run the real `ftpc`, and
+//! talk the protocol over raw sockets.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ftpd::frame;
+use ftpd::proto::{MAGIC, NONCE_LEN, PROTOCOL_VERSION, Reply, Request};
+use ftpd::scram;
+
+pub const FTPD: &str = env!("CARGO_BIN_EXE_ftpd");
+pub const FTPC: &str = env!("CARGO_BIN_EXE_ftpc");
+
+/// scrypt cost for test users: the client's floor, so logins are quick.
+pub const TEST_KDF_LOG_N: &str = "14";
+
+/// A data folder with users, kept apart from the server so a test can
+/// restart the server on the same data.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    pub fn new() -> DataDir {
+        DataDir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a user with `ftpd user add ... --password-stdin`.
+    pub fn add_user(&self, name: &str, password: &str, quota: Option<&str>) {
+        let mut args = vec![
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+            "--kdf-log-n",
+            TEST_KDF_LOG_N,
+        ];
+        if let Some(q) = quota {
+            args.extend(["--quota", q]);
+        }
+        let out = run_with_stdin(self.admin(&args), &format!("{password}\n"));
+        assert_success(&out, "ftpd user add");
+    }
+
+    /// An `ftpd --root DIR ...` admin command.
+    pub fn admin(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FTPD);
+        cmd.arg("--root").arg(self.path()).args(args);
+        cmd
+    }
+
+    /// A user's home folder on the server's disk.
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.path().join("homes").join(user)
+    }
+}
+
+/// Runs a command with `input` on stdin and returns its output.
+pub fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// Panics with the command's whole output unless it succeeded.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `ftpd`, killed on drop.
+pub struct TestServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl TestServer {
+    /// Starts `ftpd --root DATA --listen 127.0.0.1:0 EXTRA...` and waits for
+    /// its `listening on ADDR` line.
+    pub fn start(data: &DataDir, extra: &[&str]) -> TestServer {
+        let mut child = Command::new(FTPD)
+            .arg("--root")
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(if extra.contains(&"--login-delay-ms") {
+                &[][..]
+            } else {
+                &["--login-delay-ms", "20"][..]
+            })
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ftpd");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (first_tx, first_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = first_tx.send(line);
+            }
+            for _ in lines {} // keep draining so the pipe never fills
+        });
+        let (log_tx, log_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[ftpd] {line}");
+                let _ = log_tx.send(line);
+            }
+        });
+        let line = first_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("ftpd did not print its address");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .expect("address");
+        TestServer {
+            child,
+            addr,
+            log: log_rx,
+        }
+    }
+
+    /// Log lines printed so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// Waits up to `timeout` for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// `ftpc --server ADDR --user USER ARGS...` with the password in the
+    /// environment.
+    pub fn ftpc(&self, user: &str, password: &str, args: &[&str]) -> Output {
+        self.ftpc_cmd(user, password, args)
+            .output()
+            .expect("run ftpc")
+    }
+
+    /// The `ftpc` command, to adjust before running.
+    pub fn ftpc_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FTPC);
+        cmd.args([
+            "--server",
+            &self.addr.to_string(),
+            "--user",
+            user,
+            "--quiet",
+        ])
+        .args(args)
+        .env("FTPC_PASSWORD", password)
+        .env_remove("FTPC_SERVER")
+        .env_remove("FTPC_USER");
+        cmd
+    }
+
+    /// Runs ftpc and asserts success; returns stdout.
+    pub fn ok(&self, user: &str, password: &str, args: &[&str]) -> String {
+        let out = self.ftpc(user, password, args);
+        assert_success(&out, &format!("ftpc {}", args.join(" ")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops the server with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A protocol client on a plain blocking socket.
+pub struct Raw {
+    pub stream: TcpStream,
+    rx: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Raw {
+            stream,
+            rx: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, req: &Request) {
+        let bytes = frame::encode(req).expect("encode");
+        self.stream.write_all(&bytes).expect("send");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next reply, owned; None when the server closed the connection.
+    pub fn recv(&mut self) -> Option<Reply<'static>> {
+        loop {
+            match frame::decode::<Reply>(&self.rx) {
+                Ok(Some((reply, n))) => {
+                    let owned = own(reply);
+                    self.rx.drain(..n);
+                    return Some(owned);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("bad frame from server: {e}"),
+            }
+            let mut buf = [0u8; 64 * 1024];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.rx.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    pub fn hello(&mut self) {
+        self.send(&Request::Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+        });
+        match self.recv() {
+            Some(Reply::Hello { version, .. }) => assert_eq!(version, PROTOCOL_VERSION),
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    /// Runs the login exchange; returns the final reply.
+    pub fn login(&mut self, user: &str, password: &str) -> Reply<'static> {
+        let (reply, _, _) = self.login_capture(user, password);
+        reply
+    }
+
+    /// Login that also returns the challenge and the proof sent.
+    pub fn login_capture(
+        &mut self,
+        user: &str,
+        password: &str,
+    ) -> (Reply<'static>, Reply<'static>, Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        scram::fill_random(&mut nonce).expect("random");
+        self.send(&Request::LoginStart {
+            user: user.into(),
+            client_nonce: nonce.to_vec(),
+        });
+        let challenge = self.recv().expect("challenge");
+        let Reply::Challenge {
+            server_nonce,
+            salt,
+            kdf,
+        } = &challenge
+        else {
+            return (challenge.clone(), challenge, Vec::new());
+        };
+        let keys = scram::client_keys(password.as_bytes(), salt, kdf).expect("kdf");
+        let auth = scram::Transcript {
+            user,
+            client_nonce: &nonce,
+            server_nonce,
+            salt,
+            kdf: *kdf,
+        }
+        .auth_message();
+        let proof = scram::client_proof(&keys, &auth).to_vec();
+        self.send(&Request::LoginProof {
+            proof: proof.clone(),
+        });
+        let reply = self.recv().expect("login reply");
+        if let Reply::LoginOk { server_signature } = &reply {
+            assert!(scram::verify_server_signature(
+                &keys,
+                &auth,
+                server_signature
+            ));
+        }
+        (reply, challenge, proof)
+    }
+
+    /// Sends a request and returns its single reply.
+    pub fn call(&mut self, req: &Request) -> Reply<'static> {
+        self.send(req);
+        self.recv().expect("reply")
+    }
+}
+
+/// Copies borrowed payloads out so a reply can outlive the receive buffer.
+pub fn own(reply: Reply) -> Reply<'static> {
+    match reply {
+        Reply::Chunk(bytes) => Reply::Chunk(Vec::leak(bytes.to_vec())),
+        Reply::Error { code, message } => Reply::Error { code, message },
+        Reply::Hello { version, server } => Reply::Hello { version, server },
+        Reply::Challenge {
+            server_nonce,
+            salt,
+            kdf,
+        } => Reply::Challenge {
+            server_nonce,
+            salt,
+            kdf,
+        },
+        Reply::LoginOk { server_signature } => Reply::LoginOk { server_signature },
+        Reply::Pong => Reply::Pong,
+        Reply::Ok => Reply::Ok,
+        Reply::Cwd(c) => Reply::Cwd(c),
+        Reply::Entry(e) => Reply::Entry(e),
+        Reply::Entries(e) => Reply::Entries(e),
+        Reply::ListEnd { total, truncated } => Reply::ListEnd { total, truncated },
+        Reply::Quota(q) => Reply::Quota(q),
+        Reply::PutReady { offset, prefix_crc } => Reply::PutReady { offset, prefix_crc },
+        Reply::PutDone { size, crc32 } => Reply::PutDone { size, crc32 },
+        Reply::GetReady { size, offset } => Reply::GetReady { size, offset },
+        Reply::GetDone { crc32 } => Reply::GetDone { crc32 },
+    }
+}
+
+/// Writes `len` bytes of deterministic, non-repeating-looking content.
+pub fn make_file(path: &Path, len: usize, seed: u64) {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, data).expect("write test file");
+}
+
+/// stderr of an output, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout of an output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
