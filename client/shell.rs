@@ -139,12 +139,7 @@ fn run_line(conn: &mut Conn, line: &str, cwd: &mut String, quiet: bool) -> anyho
     }
     let parsed = match Line::try_parse_from(&words) {
         Ok(parsed) => parsed,
-        Err(e) if e.use_stderr() => {
-            let text = e.render().to_string();
-            return Err(
-                Failure::Usage(text.trim_end().trim_start_matches("error: ").into()).into(),
-            );
-        }
+        Err(e) if e.use_stderr() => return Err(Failure::Usage(one_line(&e)).into()),
         Err(e) => {
             // Help was asked for: not a failure.
             let _ = e.print();
@@ -157,6 +152,24 @@ fn run_line(conn: &mut Conn, line: &str, cwd: &mut String, quiet: bool) -> anyho
         ShellCommand::Session(cmd) => commands::run(conn, &cmd, quiet)?,
     }
     Ok(Flow::Counted)
+}
+
+/// A clap error in one line, for the shell: what is wrong and the usage of
+/// the command, not the advice to run `--help`.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines();
+    let what: Vec<&str> = lines
+        .by_ref()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let what = what.join(" ");
+    let what = what.strip_prefix("error: ").unwrap_or(&what);
+    match lines.find_map(|l| l.strip_prefix("Usage: ")) {
+        Some(usage) if !usage.contains("<COMMAND>") => format!("{what} (usage: {usage})"),
+        _ => format!("{what}; try help"),
+    }
 }
 
 /// Splits a line into words: blanks separate words, `"..."` and `'...'`
@@ -255,7 +268,15 @@ mod tests {
         ));
         let p = Line::try_parse_from(["quit"]).unwrap();
         assert!(matches!(p.command, ShellCommand::Exit));
-        assert!(Line::try_parse_from(["cd"]).is_err());
-        assert!(Line::try_parse_from(["frobnicate"]).is_err());
+        let e = Line::try_parse_from(["cd"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "the following required arguments were not provided: <PATH> (usage: cd <PATH>)"
+        );
+        let e = Line::try_parse_from(["frobnicate"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "unrecognized subcommand 'frobnicate'; try help"
+        );
     }
 }

@@ -238,6 +238,14 @@ pub fn get(
     let target = local_target(remote, local)?;
     let part = part_path(&target);
     let shown = part.display();
+    // Renaming over a device or FIFO (`get x /dev/null`) would replace it,
+    // and a `.part` that is a link or FIFO would be written through.
+    if fs::metadata(&target).is_ok_and(|m| !m.is_file()) {
+        bail!("{} exists and is not a regular file", target.display());
+    }
+    if fs::symlink_metadata(&part).is_ok_and(|m| !m.is_file()) {
+        bail!("{shown} exists and is not a regular file");
+    }
 
     let mut buf = vec![0u8; CHUNK_SIZE].into_boxed_slice();
     let (mut file, have, mut hasher) =

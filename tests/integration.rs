@@ -3,5 +3,7 @@
 
 mod util;
 
+mod files;
 mod login;
 mod protocol;
+mod transfer;

@@ -30,7 +30,7 @@ fn login_succeeds_and_the_server_proves_itself() {
 #[test]
 fn wrong_password_and_unknown_user_fail_identically() {
     let (_data, server) = server_with_users(&[]);
-    let mut attempt = |user: &str| {
+    let attempt = |user: &str| {
         let mut c = Raw::connect(server.addr);
         c.hello();
         c.login_capture(user, "wrong")

@@ -86,11 +86,10 @@ impl Accounts {
     /// Re-reads the user file if it changed since it was last read; a
     /// broken file is logged and the old users stay in force.
     pub fn refresh(&mut self) {
-        if users::file_stamp(&self.root) != self.stamp {
-            if let Err(e) = self.reload() {
+        if users::file_stamp(&self.root) != self.stamp
+            && let Err(e) = self.reload() {
                 log!(Error, "user file not reloaded: {e:#}");
             }
-        }
     }
 
     /// Reads the user file and merges it into the running state.
@@ -175,11 +174,6 @@ impl Accounts {
     /// A user's state, to update.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Account> {
         self.map.get_mut(name)
-    }
-
-    /// Names of all users, for periodic sweeps.
-    pub fn names(&self) -> Vec<String> {
-        self.map.keys().cloned().collect()
     }
 
     /// The user's quota figures.

@@ -77,11 +77,6 @@ impl Conn {
         }
     }
 
-    /// Buffer memory held (for stats).
-    pub fn buffered(&self) -> usize {
-        self.rx.allocated() + self.tx.allocated()
-    }
-
     /// Moves bytes and runs the session until nothing more can happen now,
     /// or the turn's budget is spent.
     pub fn drive(&mut self, ctx: &mut Ctx) -> Drive {

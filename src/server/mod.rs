@@ -158,8 +158,8 @@ impl Server {
                     token => {
                         // Events for a closed key are expected (mio may report
                         // stale readiness); the generation check is in `drive`.
-                        if let Some(key) = conn_key(token) {
-                            if let Some(conn) = self.conns.get_mut(key) {
+                        if let Some(key) = conn_key(token)
+                            && let Some(conn) = self.conns.get_mut(key) {
                                 conn.can_read |= event.is_readable()
                                     || event.is_read_closed()
                                     || event.is_error();
@@ -167,7 +167,6 @@ impl Server {
                                 let generation = conn.st.generation;
                                 self.drive(key, generation);
                             }
-                        }
                     }
                 }
             }

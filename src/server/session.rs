@@ -527,13 +527,11 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
 fn rename(login: &LoggedIn, ctx: &mut Ctx, from: &str, to: &str) -> Result<(), FsError> {
     let from = resolve(login, from)?;
     let mut to = resolve(login, to)?;
-    if let Ok(entry) = login.jail.stat(&to) {
-        if entry.kind == crate::proto::EntryKind::Dir && to != from {
-            if let Some(name) = from.file_name() {
+    if let Ok(entry) = login.jail.stat(&to)
+        && entry.kind == crate::proto::EntryKind::Dir && to != from
+            && let Some(name) = from.file_name() {
                 to = to.join(name)?;
             }
-        }
-    }
     let busy = ctx
         .accounts
         .get(&login.user)
