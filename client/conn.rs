@@ -168,8 +168,7 @@ impl Conn {
         }
         // Before spending time and memory on scrypt: a hostile server could
         // ask for settings that take minutes or gigabytes.
-        scram::check_kdf(&kdf)
-            .map_err(|e| Failure::Link(format!("refusing the server's login settings: {e}")))?;
+        scram::check_kdf(&kdf).map_err(|e| Failure::Link(format!("cannot log in: {e}")))?;
         let keys = scram::client_keys(password, &salt, &kdf)
             .map_err(|e| Failure::Local(format!("cannot derive the login key: {e}")))?;
         let auth_message = scram::Transcript {

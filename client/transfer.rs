@@ -248,15 +248,28 @@ pub fn get(
     }
 
     let mut buf = vec![0u8; CHUNK_SIZE].into_boxed_slice();
+    let created = !part.exists();
     let (mut file, have, mut hasher) =
         open_part(&part, resume, &mut buf).with_context(|| format!("cannot open {shown}"))?;
-    let (size, offset) = match conn.call(&Request::GetStart {
+    let ready = match conn.call(&Request::GetStart {
         path: remote.into(),
         offset: have,
         prefix_crc: hasher.clone().finalize(),
-    })? {
-        Reply::GetReady { size, offset } => (size, offset),
-        other => return Err(Failure::unexpected("GetReady", &other).into()),
+    }) {
+        Ok(Reply::GetReady { size, offset }) => Ok((size, offset)),
+        Ok(other) => Err(Failure::unexpected("GetReady", &other)),
+        Err(e) => Err(e),
+    };
+    let (size, offset) = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            if created {
+                // Nothing to resume later: do not leave an empty `.part`.
+                drop(file);
+                let _ = fs::remove_file(&part);
+            }
+            return Err(e.into());
+        }
     };
     if offset > size || (offset != 0 && offset != have) {
         return Err(Failure::Link(format!(
