@@ -105,6 +105,11 @@ impl Conn {
             version: PROTOCOL_VERSION,
         })?;
         match self.recv() {
+            Ok(Reply::Hello { version, .. }) if version != PROTOCOL_VERSION => {
+                Err(Failure::Link(format!(
+                    "version mismatch: this ftpc speaks protocol {PROTOCOL_VERSION}, the server {version}"
+                )))
+            }
             Ok(Reply::Hello { version, server }) => {
                 self.server = sanitize(&server).into_owned();
                 self.version = version;

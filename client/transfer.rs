@@ -76,24 +76,20 @@ pub fn put(
         other => return Err(Failure::unexpected("PutReady", &other).into()),
     };
     let mut hasher = Hasher::new();
-    let mut start = 0;
-    if offer > 0 {
-        let same = offer <= size
-            && hash_prefix(&mut file, offer, &mut hasher, &mut buf)
-                .with_context(|| format!("cannot read {shown}"))?
-                == prefix_crc;
-        if same {
-            note(quiet, &format!("resuming at {}", format_size(offer)));
-            start = offer;
-        } else {
-            note(
-                quiet,
-                "the partial upload on the server differs; starting over",
-            );
-            hasher = Hasher::new();
-            file.rewind()
-                .with_context(|| format!("cannot read {shown}"))?;
+    let start = match resume_point(&mut file, offer, size, prefix_crc, &mut hasher, &mut buf) {
+        Ok(start) => start,
+        Err(e) => {
+            conn.send(&Request::PutFrom { offset: 0 })?;
+            return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
         }
+    };
+    if start > 0 {
+        note(quiet, &format!("resuming at {}", format_size(start)));
+    } else if offer > 0 {
+        note(
+            quiet,
+            "the partial upload on the server differs; starting over",
+        );
     }
     conn.send(&Request::PutFrom { offset: start })?;
 
@@ -123,11 +119,7 @@ pub fn put(
             return Err(err.into());
         }
         Sent::LocalError(e) => {
-            // End the upload short, so the server answers (with an error)
-            // and the session stays in step.
-            conn.send(&Request::PutEnd { crc32: 0 })?;
-            let _ = conn.recv();
-            return Err(e).with_context(|| format!("cannot read {shown}"));
+            return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
         }
     }
     let crc32 = hasher.finalize();
@@ -153,6 +145,37 @@ pub fn put(
     }
     progress.finish();
     Ok(())
+}
+
+/// Where the upload starts: at the server's `offer` if the local file's
+/// prefix has the same CRC32 (left in `hasher`), else at 0 with the file
+/// rewound.
+fn resume_point(
+    file: &mut File,
+    offer: u64,
+    size: u64,
+    prefix_crc: u32,
+    hasher: &mut Hasher,
+    buf: &mut [u8],
+) -> std::io::Result<u64> {
+    if offer == 0 {
+        return Ok(0);
+    }
+    if offer <= size && hash_prefix(file, offer, hasher, buf)? == prefix_crc {
+        return Ok(offer);
+    }
+    *hasher = Hasher::new();
+    file.rewind()?;
+    Ok(0)
+}
+
+/// Ends an upload early after a local error: a short `PutEnd` makes the
+/// server answer (with an error), which keeps the session in step.
+fn abandon(conn: &mut Conn, e: std::io::Error) -> anyhow::Result<()> {
+    conn.send(&Request::PutEnd { crc32: 0 })?;
+    // The answer is an error about the short upload; ours says more.
+    let _ = conn.recv();
+    Err(e.into())
 }
 
 /// How an upload's stream of chunks ended.

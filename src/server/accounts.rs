@@ -87,9 +87,10 @@ impl Accounts {
     /// broken file is logged and the old users stay in force.
     pub fn refresh(&mut self) {
         if users::file_stamp(&self.root) != self.stamp
-            && let Err(e) = self.reload() {
-                log!(Error, "user file not reloaded: {e:#}");
-            }
+            && let Err(e) = self.reload()
+        {
+            log!(Error, "user file not reloaded: {e:#}");
+        }
     }
 
     /// Reads the user file and merges it into the running state.
@@ -174,6 +175,19 @@ impl Accounts {
     /// A user's state, to update.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Account> {
         self.map.get_mut(name)
+    }
+
+    /// Users and their homes, for the periodic sweep of stale partials.
+    pub fn jails(&self) -> Vec<(String, Arc<Jail>)> {
+        self.map
+            .iter()
+            .map(|(name, acc)| (name.clone(), Arc::clone(&acc.jail)))
+            .collect()
+    }
+
+    /// How long an unfinished upload is kept.
+    pub fn partial_ttl(&self) -> Duration {
+        self.partial_ttl
     }
 
     /// The user's quota figures.

@@ -77,6 +77,12 @@ const BACKLOG: i32 = 65_535;
 /// How often a paused accept loop (out of file descriptors) tries again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// How often stale partial uploads are swept while the server runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Slab key of jobs that belong to the server, not to a connection.
+const SERVER_JOB: usize = usize::MAX;
+
 /// Events handled per poll.
 const EVENTS: usize = 1024;
 
@@ -92,6 +98,7 @@ pub struct Server {
     per_ip: HashMap<IpAddr, usize>,
     next_generation: u64,
     accept_paused: bool,
+    next_sweep: Instant,
 }
 
 impl Server {
@@ -125,6 +132,7 @@ impl Server {
             per_ip: HashMap::new(),
             next_generation: 0,
             accept_paused: false,
+            next_sweep: Instant::now() + SWEEP_EVERY,
         })
     }
 
@@ -159,14 +167,14 @@ impl Server {
                         // Events for a closed key are expected (mio may report
                         // stale readiness); the generation check is in `drive`.
                         if let Some(key) = conn_key(token)
-                            && let Some(conn) = self.conns.get_mut(key) {
-                                conn.can_read |= event.is_readable()
-                                    || event.is_read_closed()
-                                    || event.is_error();
-                                conn.can_write |= event.is_writable() || event.is_write_closed();
-                                let generation = conn.st.generation;
-                                self.drive(key, generation);
-                            }
+                            && let Some(conn) = self.conns.get_mut(key)
+                        {
+                            conn.can_read |=
+                                event.is_readable() || event.is_read_closed() || event.is_error();
+                            conn.can_write |= event.is_writable() || event.is_write_closed();
+                            let generation = conn.st.generation;
+                            self.drive(key, generation);
+                        }
                     }
                 }
             }
@@ -175,6 +183,10 @@ impl Server {
             self.run_timers();
             if self.accept_paused && self.conns.len() < self.ctx.cfg.max_conns {
                 self.accept();
+            }
+            if self.ctx.now >= self.next_sweep {
+                self.next_sweep = self.ctx.now + SWEEP_EVERY;
+                self.sweep_partials();
             }
         }
     }
@@ -190,7 +202,24 @@ impl Server {
         if self.accept_paused {
             timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
         }
-        timeout
+        let sweep = self.next_sweep.saturating_duration_since(Instant::now());
+        Some(timeout.map_or(sweep, |t| t.min(sweep)))
+    }
+
+    /// Deletes partial uploads older than their time to live, on the disk
+    /// threads (an upload in progress writes its partial, so it stays young).
+    fn sweep_partials(&mut self) {
+        let ttl = self.ctx.accounts.partial_ttl();
+        for (user, jail) in self.ctx.accounts.jails() {
+            self.ctx.worker.submit(
+                SERVER_JOB,
+                0,
+                Box::new(move || {
+                    let freed = jail.clean_stale_partials(ttl);
+                    JobResult::Swept(user, freed)
+                }),
+            );
+        }
     }
 
     /// Accepts until the backlog is empty or a limit is reached.

@@ -210,6 +210,8 @@ pub enum JobResult {
     UploadPrefix(Box<Upload>, std::io::Result<u32>),
     Published(Box<Upload>, Result<u64, FsError>),
     DownloadPrefix(Box<Download>, std::io::Result<u32>, u32),
+    /// Stale partial uploads of a user were deleted (a server job).
+    Swept(String, std::io::Result<u64>),
 }
 
 /// Answers with an error and closes after the reply: for requests that
@@ -528,10 +530,12 @@ fn rename(login: &LoggedIn, ctx: &mut Ctx, from: &str, to: &str) -> Result<(), F
     let from = resolve(login, from)?;
     let mut to = resolve(login, to)?;
     if let Ok(entry) = login.jail.stat(&to)
-        && entry.kind == crate::proto::EntryKind::Dir && to != from
-            && let Some(name) = from.file_name() {
-                to = to.join(name)?;
-            }
+        && entry.kind == crate::proto::EntryKind::Dir
+        && to != from
+        && let Some(name) = from.file_name()
+    {
+        to = to.join(name)?;
+    }
     let busy = ctx
         .accounts
         .get(&login.user)
@@ -598,6 +602,10 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         JobResult::DownloadPrefix(down, crc, client_crc) => {
             transfer::begin_download(st, tx, ctx, down, crc, client_crc)
         }
+        swept @ JobResult::Swept(..) => {
+            orphaned(ctx, swept);
+            Phase::Waiting
+        }
     };
 }
 
@@ -607,6 +615,18 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
         JobResult::Listed(_) | JobResult::DownloadPrefix(..) => {}
         JobResult::UploadPrefix(up, _) => transfer::abort_upload(ctx, *up, "connection closed"),
         JobResult::Published(up, result) => transfer::settle_published(ctx, *up, &result),
+        JobResult::Swept(user, Ok(freed)) => {
+            if freed > 0 {
+                log!(
+                    Info,
+                    "user {user}: removed stale partial uploads ({freed} bytes)"
+                );
+                ctx.accounts.adjust(&user, -(freed as i64), 0);
+            }
+        }
+        JobResult::Swept(user, Err(e)) => {
+            log!(Warn, "user {user}: sweeping partial uploads failed: {e}")
+        }
     }
 }
 
