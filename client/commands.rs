@@ -46,7 +46,8 @@ pub enum Command {
     /// Download a file, resuming from LOCAL.part if it exists.
     Get {
         remote: String,
-        /// Local path or directory (default: the remote file's name, here).
+        /// Local path or directory (default: the remote file's name, here);
+        /// `-` writes to standard output.
         local: Option<PathBuf>,
         /// Start over even if LOCAL.part exists.
         #[arg(long)]
@@ -87,7 +88,10 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
             remote,
             local,
             no_resume,
-        } => transfer::get(conn, remote, local.as_deref(), !no_resume, quiet),
+        } => match local.as_deref() {
+            Some(path) if path.as_os_str() == "-" => transfer::get_to_stdout(conn, remote, quiet),
+            local => transfer::get(conn, remote, local, !no_resume, quiet),
+        },
     }
 }
 

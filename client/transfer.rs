@@ -312,43 +312,8 @@ pub fn get(
     }
 
     let progress = Progress::start(Direction::Received, remote, size, offset, quiet);
-    let want = size - offset;
-    let mut got = 0u64;
-    let mut write_error = None;
-    let their_crc = loop {
-        match conn.recv()? {
-            Reply::Chunk(data) => {
-                if data.len() as u64 > want - got {
-                    return Err(Failure::Link(format!(
-                        "protocol error: the server sent more than the {size} bytes it announced"
-                    ))
-                    .into());
-                }
-                // After a local write error, keep reading to the end so the
-                // session stays in step; the error is reported then.
-                if write_error.is_none()
-                    && let Err(e) = file.write_all(data)
-                {
-                    write_error = Some(e);
-                }
-                hasher.update(data);
-                got += data.len() as u64;
-                progress.inc(data.len() as u64);
-            }
-            Reply::GetDone { crc32 } => break crc32,
-            other => return Err(Failure::unexpected("Chunk or GetDone", &other).into()),
-        }
-    };
-    if let Some(e) = write_error {
-        return Err(e).with_context(|| format!("cannot write {shown}"));
-    }
-    if got != want {
-        return Err(Failure::Link(format!(
-            "protocol error: the download ended after {} of {size} bytes",
-            offset + got
-        ))
-        .into());
-    }
+    let their_crc = receive_chunks(conn, &mut file, &mut hasher, size, offset, &progress)
+        .with_context(|| format!("cannot write {shown}"))?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {
         drop(file);
@@ -366,6 +331,83 @@ pub fn get(
     fs::rename(&part, &target)
         .with_context(|| format!("cannot rename {shown} to {}", target.display()))?;
     sync_parent(&target);
+    progress.finish();
+    Ok(())
+}
+
+/// Receives a download's chunks into `sink` up to `GetDone`, whose CRC32
+/// it returns. After a local write error it keeps reading to the end, so
+/// the session stays in step, and reports the error then.
+fn receive_chunks(
+    conn: &mut Conn,
+    sink: &mut impl Write,
+    hasher: &mut Hasher,
+    size: u64,
+    offset: u64,
+    progress: &Progress,
+) -> anyhow::Result<u32> {
+    let want = size - offset;
+    let mut got = 0u64;
+    let mut write_error = None;
+    let their_crc = loop {
+        match conn.recv()? {
+            Reply::Chunk(data) => {
+                if data.len() as u64 > want - got {
+                    return Err(Failure::Link(format!(
+                        "protocol error: the server sent more than the {size} bytes it announced"
+                    ))
+                    .into());
+                }
+                if write_error.is_none()
+                    && let Err(e) = sink.write_all(data)
+                {
+                    write_error = Some(e);
+                }
+                hasher.update(data);
+                got += data.len() as u64;
+                progress.inc(data.len() as u64);
+            }
+            Reply::GetDone { crc32 } => break crc32,
+            other => return Err(Failure::unexpected("Chunk or GetDone", &other).into()),
+        }
+    };
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    if got != want {
+        return Err(Failure::Link(format!(
+            "protocol error: the download ended after {} of {size} bytes",
+            offset + got
+        ))
+        .into());
+    }
+    Ok(their_crc)
+}
+
+/// `get REMOTE -`: streams the file to stdout (no `.part`, no resume), and
+/// still checks the CRC32 at the end.
+pub fn get_to_stdout(conn: &mut Conn, remote: &str, quiet: bool) -> anyhow::Result<()> {
+    let (size, offset) = match conn.call(&Request::GetStart {
+        path: remote.into(),
+        offset: 0,
+        prefix_crc: 0,
+    })? {
+        Reply::GetReady { size, offset: 0 } => (size, 0),
+        other => return Err(Failure::unexpected("GetReady", &other).into()),
+    };
+    let progress = Progress::start(Direction::Received, remote, size, offset, quiet);
+    let mut hasher = Hasher::new();
+    let mut out = std::io::stdout().lock();
+    let their_crc = receive_chunks(conn, &mut out, &mut hasher, size, offset, &progress)
+        .context("cannot write to standard output")?;
+    out.flush().context("cannot write to standard output")?;
+    let crc32 = hasher.finalize();
+    if crc32 != their_crc {
+        return Err(Failure::Integrity(format!(
+            "{remote}: received data has crc32 {crc32:08x}, the server's file has {their_crc:08x}"
+        ))
+        .into());
+    }
     progress.finish();
     Ok(())
 }
