@@ -11,6 +11,8 @@
 mod accounts;
 mod conn;
 pub mod guard;
+#[doc(hidden)]
+pub mod harness;
 pub mod log;
 mod session;
 mod timers;
@@ -281,7 +283,7 @@ impl Server {
         let generation = self.next_generation;
         let conn = entry.insert(Conn::new(stream, peer, key, generation, self.ctx.now));
         *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
-        log!(Debug, "{peer}: connected");
+        log!(Info, "{peer}: connected");
         let at = conn.deadline(&self.ctx);
         conn.st.armed = Some(at);
         self.timers.push(at, key, generation);
@@ -392,7 +394,7 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
-        log!(Debug, "{}: disconnected", conn.st.peer);
+        log!(Info, "{}: disconnected", conn.st.peer);
         if self.accept_paused {
             self.accept();
         }

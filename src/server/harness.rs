@@ -1,0 +1,123 @@
+//! Drives one session's state machine without a socket or a reactor, for
+//! fuzzing and property tests: requests in, encoded reply frames out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Token, Waker};
+
+use super::accounts::Accounts;
+use super::guard::LoginGuard;
+use super::session::{self, Ctx, Phase, State};
+use super::worker::Worker;
+use super::{Config, GuardConfig};
+use crate::buf::Buffer;
+use crate::proto::Request;
+
+/// A session with its own users, disk helpers and send buffer.
+pub struct Harness {
+    ctx: Ctx,
+    st: State,
+    tx: Buffer,
+    // The worker's waker is registered here; it must outlive the worker.
+    _poll: Poll,
+}
+
+impl Harness {
+    /// A session served from the data folder `root` (users already added).
+    pub fn new(root: &Path) -> anyhow::Result<Harness> {
+        let cfg = Config {
+            listen: "127.0.0.1:0".parse()?,
+            root: root.to_path_buf(),
+            max_conns: 16,
+            max_conns_per_ip: 16,
+            max_sessions_per_user: 0,
+            idle_timeout: Duration::from_secs(300),
+            login_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(60),
+            partial_ttl: Duration::from_secs(3600),
+            guard: GuardConfig {
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+                pair_limit: 1_000_000,
+                addr_limit: 1_000_000,
+                lockout: Duration::from_secs(1),
+            },
+            disk_threads: 1,
+        };
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0))?);
+        let accounts = Accounts::load(root, cfg.partial_ttl)?;
+        let guard = LoginGuard::new(cfg.guard.clone());
+        let worker = Worker::start(1, waker)?;
+        let peer = "127.0.0.1:40000".parse()?;
+        Ok(Harness {
+            ctx: Ctx::new(cfg, accounts, guard, worker),
+            st: State::new(peer, 0, 1, Instant::now()),
+            tx: Buffer::with_cap(crate::server::conn::TX_XFER),
+            _poll: poll,
+        })
+    }
+
+    /// True once the session decided to close.
+    pub fn closing(&self) -> bool {
+        matches!(self.st.phase, Phase::Closing { .. })
+    }
+
+    /// True once a login succeeded.
+    pub fn logged_in(&self) -> bool {
+        self.st.login.is_some()
+    }
+
+    /// Handles one request (ignored once closing, as the server discards
+    /// input then) and returns the bytes of every reply it caused.
+    pub fn feed(&mut self, req: Request) -> Vec<u8> {
+        if !self.closing() && self.st.phase.wants_input() {
+            self.ctx.now = Instant::now();
+            session::handle(&mut self.st, &mut self.tx, &mut self.ctx, req);
+        }
+        let mut out = Vec::new();
+        self.settle(&mut out);
+        out.extend_from_slice(self.tx.data());
+        self.tx.clear();
+        out
+    }
+
+    /// Runs what the reactor would: streaming replies, disk jobs, a failed
+    /// login's delayed answer.
+    fn settle(&mut self, out: &mut Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            while session::pump(&mut self.st, &mut self.tx, &mut self.ctx) > 0 {}
+            // Drain as a reading client would, so streaming can go on.
+            out.extend_from_slice(self.tx.data());
+            self.tx.clear();
+            match self.st.phase {
+                Phase::Waiting => {
+                    let done: Vec<_> = self.ctx.worker.finished().collect();
+                    if done.is_empty() {
+                        if Instant::now() > deadline {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    for d in done {
+                        session::job_done(&mut self.st, &mut self.tx, &mut self.ctx, d.result);
+                    }
+                }
+                Phase::Penalty { .. } => {
+                    session::timeout(&mut self.st, &mut self.tx, &mut self.ctx);
+                }
+                Phase::Listing { .. } | Phase::Sending(_) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        session::closed(&mut self.st, &mut self.ctx);
+    }
+}
