@@ -3,7 +3,10 @@
 
 mod util;
 
+mod faults;
 mod files;
+mod hostile;
 mod login;
+mod props;
 mod protocol;
 mod transfer;
