@@ -33,6 +33,37 @@ pub const TX_XFER: usize = 1024 * 1024;
 /// Bytes one connection may move in one turn before others get theirs.
 const TURN_BUDGET: usize = 4 * 1024 * 1024;
 
+/// Decodes and handles every complete frame in `src`, within limits;
+/// returns the bytes used.
+fn handle_frames(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, src: &mut Buffer) -> usize {
+    let mut used = 0;
+    while st.phase.wants_input() && tx.len() < TX_HIGH {
+        if matches!(st.phase, Phase::Closing { .. }) {
+            // Lingering: input is read only so the peer sees our last
+            // reply instead of a reset.
+            used += src.len();
+            src.clear();
+            break;
+        }
+        match frame::decode::<Request>(src.data()) {
+            Ok(Some((req, n))) => {
+                session::handle(st, tx, ctx, req);
+                src.consume(n);
+                used += n;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                crate::log!(Info, "{}: bad frame: {e}", st.peer);
+                let message = format!("bad request: {e}");
+                session::refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
+                src.clear();
+                break;
+            }
+        }
+    }
+    used
+}
+
 /// What the reactor should do after driving a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {
@@ -78,21 +109,23 @@ impl Conn {
     }
 
     /// Moves bytes and runs the session until nothing more can happen now,
-    /// or the turn's budget is spent.
-    pub fn drive(&mut self, ctx: &mut Ctx) -> Drive {
+    /// or the turn's budget is spent. `scratch` is the reactor's shared
+    /// read buffer (see [`Conn::read`]).
+    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> Drive {
         let mut budget = TURN_BUDGET;
         loop {
             let mut moved = 0;
-            match self.read(ctx) {
+            match self.read(ctx, scratch) {
                 Ok(n) => moved += n,
                 Err(e) => return self.io_failed("read", &e),
             }
-            moved += self.handle_frames(ctx);
+            moved += handle_frames(&mut self.st, &mut self.tx, ctx, &mut self.rx);
             moved += session::pump(&mut self.st, &mut self.tx, ctx);
             match self.write() {
                 Ok(n) => moved += n,
                 Err(e) => return self.io_failed("write", &e),
             }
+            self.fit_buffers();
             if moved > 0 {
                 self.st.active = ctx.now;
             }
@@ -110,14 +143,22 @@ impl Conn {
     }
 
     /// Reads while the session wants input and replies are not piling up.
-    fn read(&mut self, ctx: &mut Ctx) -> io::Result<usize> {
+    ///
+    /// With nothing carried over, bytes land in the reactor's shared
+    /// scratch buffer and whole frames are handled straight from it; only
+    /// an unfinished frame is copied into the connection's own buffer. So
+    /// a connection holds receive memory only while a frame is split across
+    /// reads.
+    fn read(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> io::Result<usize> {
         if !self.can_read || self.peer_eof || !self.st.phase.wants_input() {
             return Ok(0);
         }
         if self.tx.len() >= TX_HIGH {
             return Ok(0);
         }
-        let n = match self.rx.read_from(&mut self.stream)? {
+        let direct = self.rx.is_empty();
+        let into = if direct { &mut *scratch } else { &mut self.rx };
+        let n = match into.read_from(&mut self.stream)? {
             Io::Progress(n) => {
                 self.can_read = false;
                 n
@@ -128,44 +169,20 @@ impl Conn {
                 n
             }
         };
-        if matches!(self.st.phase, Phase::Closing { .. }) {
-            // Lingering: input is read only so the peer sees our last reply
-            // instead of a reset.
-            self.rx.clear();
+        if direct {
+            handle_frames(&mut self.st, &mut self.tx, ctx, scratch);
+            if !scratch.is_empty() {
+                self.rx.extend(scratch.data());
+                scratch.clear();
+            }
         }
-        let _ = ctx;
         Ok(n)
     }
 
-    /// Decodes and handles every complete frame, within limits.
-    fn handle_frames(&mut self, ctx: &mut Ctx) -> usize {
-        let mut used = 0;
-        while self.st.phase.wants_input() && self.tx.len() < TX_HIGH {
-            if matches!(self.st.phase, Phase::Closing { .. }) {
-                self.rx.clear();
-                break;
-            }
-            match frame::decode::<Request>(self.rx.data()) {
-                Ok(Some((req, n))) => {
-                    session::handle(&mut self.st, &mut self.tx, ctx, req);
-                    self.rx.consume(n);
-                    used += n;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    crate::log!(Info, "{}: bad frame: {e}", self.st.peer);
-                    session::refuse(
-                        &mut self.st,
-                        &mut self.tx,
-                        ctx,
-                        ErrorCode::BadRequest,
-                        &format!("bad request: {e}"),
-                    );
-                    self.rx.clear();
-                    break;
-                }
-            }
-        }
+    /// Sizes the buffers for what the session does now: a streaming reply
+    /// may queue more, and a transfer keeps its buffers' memory between
+    /// pieces.
+    fn fit_buffers(&mut self) {
         self.tx.set_cap(if self.st.phase.is_streaming() {
             TX_XFER
         } else {
@@ -174,7 +191,6 @@ impl Conn {
         let transferring = self.st.phase.is_transfer();
         self.tx.set_keep(transferring);
         self.rx.set_keep(transferring);
-        used
     }
 
     /// Writes what is queued until the socket would block.
@@ -231,16 +247,16 @@ impl Conn {
     }
 
     /// Runs a due timeout; returns whether to close.
-    pub fn on_timeout(&mut self, ctx: &mut Ctx) -> Drive {
+    pub fn on_timeout(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> Drive {
         if session::timeout(&mut self.st, &mut self.tx, ctx) {
             return Drive::Close;
         }
-        self.drive(ctx)
+        self.drive(ctx, scratch)
     }
 
     /// Hands a finished disk job back to the session.
-    pub fn on_job(&mut self, ctx: &mut Ctx, result: session::JobResult) -> Drive {
+    pub fn on_job(&mut self, ctx: &mut Ctx, scratch: &mut Buffer, result: session::JobResult) -> Drive {
         session::job_done(&mut self.st, &mut self.tx, ctx, result);
-        self.drive(ctx)
+        self.drive(ctx, scratch)
     }
 }

@@ -39,6 +39,7 @@ use self::guard::LoginGuard;
 use self::session::{Ctx, JobResult};
 use self::timers::Timers;
 use self::worker::Worker;
+use crate::buf::Buffer;
 use crate::log;
 use crate::proto::{ErrorCode, Reply};
 
@@ -95,6 +96,9 @@ pub struct Server {
     signals: Signals,
     conns: Slab<Conn>,
     ctx: Ctx,
+    /// Shared receive space: sockets are read into it and whole frames are
+    /// handled in place (see `Conn::read`).
+    scratch: Buffer,
     timers: Timers,
     ready: VecDeque<(usize, u64)>,
     per_ip: HashMap<IpAddr, usize>,
@@ -129,6 +133,7 @@ impl Server {
             signals,
             conns: Slab::new(),
             ctx: Ctx::new(cfg, accounts, guard, worker),
+            scratch: shared_scratch(),
             timers: Timers::default(),
             ready: VecDeque::new(),
             per_ip: HashMap::new(),
@@ -298,7 +303,7 @@ impl Server {
         else {
             return;
         };
-        match conn.drive(&mut self.ctx) {
+        match conn.drive(&mut self.ctx, &mut self.scratch) {
             Drive::Idle => self.arm(key),
             Drive::Again => {
                 self.arm(key);
@@ -344,7 +349,7 @@ impl Server {
             conn.st.armed = None;
             let deadline = conn.deadline(&self.ctx);
             let outcome = if deadline <= now {
-                conn.on_timeout(&mut self.ctx)
+                conn.on_timeout(&mut self.ctx, &mut self.scratch)
             } else {
                 Drive::Idle
             };
@@ -367,7 +372,7 @@ impl Server {
                 .get_mut(job.key)
                 .filter(|c| c.st.generation == job.generation)
             {
-                Some(conn) => match conn.on_job(&mut self.ctx, job.result) {
+                Some(conn) => match conn.on_job(&mut self.ctx, &mut self.scratch, job.result) {
                     Drive::Close => self.close(job.key),
                     Drive::Idle => self.arm(job.key),
                     Drive::Again => {
@@ -436,6 +441,12 @@ impl Server {
             session::orphaned(&mut self.ctx, result);
         }
     }
+}
+
+fn shared_scratch() -> Buffer {
+    let mut scratch = Buffer::with_cap(conn::RX_CAP);
+    scratch.set_keep(true);
+    scratch
 }
 
 /// Binds with a large backlog (std's `TcpListener::bind` uses 128).
