@@ -124,6 +124,10 @@ pub fn put_start(
     let need = size - existing;
     if let Err((code, message)) = ctx.accounts.reserve(&user, need) {
         log!(Info, "{} {user} put {path}: {message}", st.peer);
+        if existing == 0 {
+            // Nothing worth resuming: do not leave an empty partial behind.
+            let _ = jail.remove_partial(&path);
+        }
         ctx.send_error(tx, code, &message);
         return Phase::Ready;
     }
@@ -410,8 +414,12 @@ fn release(ctx: &mut Ctx, up: &Upload) {
     }
 }
 
-/// Ends an upload and keeps its partial file for resume.
+/// Ends an upload and keeps its partial file for resume (an empty one is
+/// removed: there is nothing to resume).
 pub fn abort_upload(ctx: &mut Ctx, up: Upload, why: &str) {
+    if up.written == 0 {
+        let _ = up.jail.remove_partial(&up.path);
+    }
     log!(
         Info,
         "put {} {}: {why}; {} kept for resume",
