@@ -232,6 +232,10 @@ pub struct GroupStats {
     pub get_time: Duration,
     pub first_start: Option<Instant>,
     pub last_end: Option<Instant>,
+    /// Sessions whose `Bye` got an `Error` reply before the server closed
+    /// (the session's work was done, so they count as done).
+    pub bye_errors: u64,
+    pub bye_error_sample: Option<String>,
 }
 
 impl GroupStats {
@@ -275,6 +279,10 @@ impl GroupStats {
             a.merge(b);
         }
         self.request.merge(&other.request);
+        self.bye_errors += other.bye_errors;
+        if self.bye_error_sample.is_none() {
+            self.bye_error_sample.clone_from(&other.bye_error_sample);
+        }
         self.bytes_up += other.bytes_up;
         self.bytes_down += other.bytes_down;
         self.put_time += other.put_time;

@@ -228,6 +228,14 @@ pub fn refuse(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, code: ErrorCode, m
 pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
     let phase = std::mem::replace(&mut st.phase, Phase::Waiting);
     st.phase = match (phase, req) {
+        // Goodbye ends any phase: a transfer in progress is abandoned.
+        (phase, Request::Bye) => {
+            st.phase = phase;
+            abandon(st, ctx);
+            Phase::Closing {
+                until: ctx.now + LINGER,
+            }
+        }
         (Phase::Hello, Request::Hello { magic, version }) => hello(tx, ctx, magic, version),
         (phase @ (Phase::Login | Phase::Ready), Request::Ping) => {
             ctx.send(tx, &Reply::Pong);
@@ -251,13 +259,6 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
         }
         (Phase::Discarding, Request::Chunk(_)) => Phase::Discarding,
         (Phase::Discarding, Request::PutEnd { .. }) => Phase::Ready,
-        (phase, Request::Bye) => {
-            st.phase = phase;
-            abandon(st, ctx);
-            Phase::Closing {
-                until: ctx.now + LINGER,
-            }
-        }
         (phase, req) => {
             st.phase = phase;
             let (code, message) = match (&st.phase, &req) {
