@@ -5,6 +5,7 @@
 //! parks that connection, and goes on serving everyone else. A helper runs
 //! the job, queues the result and wakes the reactor through a `mio::Waker`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +26,9 @@ pub struct Done<T> {
 pub struct Worker<T> {
     jobs: Option<Sender<(usize, u64, Job<T>)>>,
     done: Receiver<Done<T>>,
+    /// Set when a wake-up is on its way and the reactor has not collected
+    /// results since, so a burst of finished jobs costs one wake-up.
+    wake_pending: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -34,11 +38,13 @@ impl<T: Send + 'static> Worker<T> {
         let (jobs_tx, jobs_rx) = mpsc::channel::<(usize, u64, Job<T>)>();
         let (done_tx, done_rx) = mpsc::channel();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let wake_pending = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for i in 0..count.max(1) {
             let jobs_rx = Arc::clone(&jobs_rx);
             let done_tx = done_tx.clone();
             let waker = Arc::clone(&waker);
+            let wake_pending = Arc::clone(&wake_pending);
             let handle = thread::Builder::new()
                 .name(format!("ftpd-disk-{i}"))
                 .spawn(move || {
@@ -62,8 +68,10 @@ impl<T: Send + 'static> Worker<T> {
                         {
                             return;
                         }
-                        // A failed wake-up only delays the result to the next event.
-                        let _ = waker.wake();
+                        if !wake_pending.swap(true, Ordering::AcqRel) {
+                            // A failed wake-up only delays the result to the next event.
+                            let _ = waker.wake();
+                        }
                     }
                 })?;
             threads.push(handle);
@@ -71,6 +79,7 @@ impl<T: Send + 'static> Worker<T> {
         Ok(Worker {
             jobs: Some(jobs_tx),
             done: done_rx,
+            wake_pending,
             threads,
         })
     }
@@ -86,6 +95,9 @@ impl<T: Send + 'static> Worker<T> {
 
     /// Results that are ready, without waiting.
     pub fn finished(&self) -> impl Iterator<Item = Done<T>> + '_ {
+        // Cleared before draining: a job finishing after this point wakes
+        // the reactor again, so no result is left behind unannounced.
+        self.wake_pending.store(false, Ordering::Release);
         self.done.try_iter()
     }
 
