@@ -1,8 +1,11 @@
 //! How many bytes a user's home holds, for quotas.
 
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{self, AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 /// Total apparent size (file lengths, not blocks) of the regular files under
 /// `dir`, at any depth, hidden ones included (unfinished uploads live in
@@ -14,40 +17,54 @@ use std::path::{Path, PathBuf};
 /// user deleting files meanwhile) are skipped. Other errors, such as an
 /// unreadable folder, fail the walk and name the path.
 ///
-/// Walks with an explicit stack, so a deep tree cannot exhaust the thread's
-/// stack.
+/// Walks with directory descriptors (`openat` relative to the parent), not
+/// joined paths: a tree deeper than `PATH_MAX`, which users can build one
+/// folder at a time, is counted like any other. The explicit stack holds
+/// one descriptor per level being read.
 pub fn disk_usage(dir: &Path) -> io::Result<u64> {
+    let root = fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| with_path(e.into(), dir))?;
     let mut total: u64 = 0;
-    let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
-            // `dir` itself missing is the caller's business, not "0 bytes".
-            Err(e) if e.kind() == io::ErrorKind::NotFound && path != dir => continue,
-            Err(e) => return Err(with_path(e, &path)),
-        };
-        for entry in entries {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(with_path(e, &path)),
-            };
-            // DirEntry::file_type does not follow symlinks.
-            let kind = match entry.file_type() {
-                Ok(kind) => kind,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(with_path(e, &entry.path())),
-            };
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() {
-                // Nor does DirEntry::metadata on Unix (it is an lstat).
-                match entry.metadata() {
-                    Ok(meta) => total = total.saturating_add(meta.len()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(with_path(e, &entry.path())),
-                }
+    let mut stack: Vec<(OwnedFd, Dir)> = Vec::new();
+    let listing = Dir::read_from(&root).map_err(|e| with_path(e.into(), dir))?;
+    stack.push((root, listing));
+    while let Some((fd, listing)) = stack.last_mut() {
+        let entry = match listing.read() {
+            None => {
+                stack.pop();
+                continue;
             }
+            Some(Ok(entry)) => entry,
+            Some(Err(Errno::NOENT)) => continue,
+            Some(Err(e)) => return Err(with_path(e.into(), dir)),
+        };
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let st = match fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(with_path(e.into(), dir)),
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => total = total.saturating_add(st.st_size as u64),
+            FileType::Directory => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let sub = match fs::openat(&*fd, name, flags, Mode::empty()) {
+                    Ok(sub) => sub,
+                    // Gone, or swapped for a symlink since the stat: skip it.
+                    Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
+                    Err(e) => return Err(with_path(e.into(), dir)),
+                };
+                let listing = Dir::read_from(&sub).map_err(|e| with_path(e.into(), dir))?;
+                stack.push((sub, listing));
+            }
+            _ => {}
         }
     }
     Ok(total)
@@ -61,10 +78,44 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     fn write(path: &Path, len: usize) {
         fs::write(path, vec![b'x'; len]).unwrap();
+    }
+
+    #[test]
+    fn counts_a_tree_deeper_than_path_max() {
+        let home = tempfile::tempdir().unwrap();
+        let mut dir = fs::File::open(home.path()).unwrap();
+        let name = "x".repeat(255);
+        // 20 levels of 256 bytes: over PATH_MAX (4096) as a joined path.
+        for _ in 0..20 {
+            let fd = std::os::fd::AsFd::as_fd(&dir);
+            fs::create_dir_all(format!(
+                "/proc/self/fd/{}/{name}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ))
+            .unwrap();
+            let next = rustix::fs::openat(
+                fd,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+            dir = fs::File::from(next);
+        }
+        let file = rustix::fs::openat(
+            &dir,
+            "deep.txt",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&file, b"0123456789").unwrap();
+        assert_eq!(disk_usage(home.path()).unwrap(), 10);
     }
 
     #[test]

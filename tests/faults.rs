@@ -1288,7 +1288,20 @@ fn a_client_that_stops_reading_is_dropped_without_growing_the_server() {
         "another session waited {slowest:?}"
     );
 
-    // The stuck connection is closed: what is still queued, then EOF.
+    // The server closes the stuck connection (its linger ends it, as the
+    // client never reads the error either).
+    let me = stuck.stream.local_addr().expect("local addr");
+    assert!(
+        server
+            .wait_log(&format!("{me}: disconnected"), Duration::from_secs(15))
+            .is_some(),
+        "the stalled connection was not closed"
+    );
+    // Reading now gets what was still queued, then EOF. A normal buffer
+    // again, or a 4 KiB window below the MSS leaves the sender to its
+    // persist timer.
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stuck.stream, 4 << 20).expect("SO_RCVBUF");
+    let draining = Instant::now();
     let mut drained = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -1304,7 +1317,10 @@ fn a_client_that_stops_reading_is_dropped_without_growing_the_server() {
             "still streaming after the stall"
         );
     }
-    eprintln!("stalled connection closed after {drained} more bytes");
+    eprintln!(
+        "stalled connection: EOF after {drained} more bytes, read in {:?}",
+        draining.elapsed()
+    );
     assert_eq!(other.call(&Request::Ping), Reply::Pong);
 }
 

@@ -1951,8 +1951,6 @@ fn error_messages_never_name_a_server_path() {
 }
 
 #[test]
-#[ignore = "bug: a home tree deeper than PATH_MAX (allowed by the jail) makes the account \
-            unusable after a restart: the usage walk uses absolute paths and fails"]
 fn a_deep_tree_does_not_lock_its_owner_out_after_a_restart() {
     let mut site = Site::new(&[("alice", None)]);
     let local = site.local_file("deep.txt", b"0123456789");

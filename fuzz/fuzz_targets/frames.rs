@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     // The server decodes requests: their strings and byte strings are
     // copies of the body, so never more than one frame.
     let used = peak_of(|| drop(frame::decode::<Request>(data)));
-    assert!(used <= MAX_WIRE_FRAME, "decoding a request held {used} bytes");
+    assert!(
+        used <= MAX_WIRE_FRAME,
+        "decoding a request held {used} bytes"
+    );
     let used = peak_of(|| drop(frame::decode::<Reply>(data)));
     assert!(
         used <= MAX_WIRE_FRAME + SERDE_PREALLOC,

@@ -2,7 +2,9 @@
 //! (the main package's tests keep the system allocator, so this lives
 //! here): `cd fuzz && cargo test -- --include-ignored`.
 //!
-//! One test function only, so no other test thread allocates meanwhile.
+//! The counters are process-wide, so the tests take turns ([`ONE_AT_A_TIME`]).
+
+use std::sync::Mutex;
 
 use ftpd::frame::{self, HEADER_LEN};
 use ftpd::proto::{MAX_FRAME, Reply, Request};
@@ -11,6 +13,9 @@ use ftpd_fuzz::props::MAX_WIRE_FRAME;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
+
+/// Held while measuring, so no other test thread allocates meanwhile.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A frame whose body is `tag`, a varint `count`, then `count` zero bytes:
 /// a sequence that claims as many elements as there are bytes left.
@@ -34,6 +39,7 @@ fn claims(tag: u8, count: usize) -> Vec<u8> {
 /// body, so decoding holds at most one frame.
 #[test]
 fn request_decode_stays_within_one_frame() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for tag in 0..=18 {
         for count in [1000, MAX_FRAME - 8] {
             let data = claims(tag, count);
@@ -55,6 +61,7 @@ fn request_decode_stays_within_one_frame() {
             times size_of::<Entry>()) for a frame of ~20 KB; the frame cap does not bound \
             what a client allocates"]
 fn reply_decode_stays_within_one_frame() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for count in [20_000, MAX_FRAME - 8] {
         let data = claims(8, count);
         let used = peak_of(|| drop(frame::decode::<Reply>(&data)));

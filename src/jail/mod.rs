@@ -265,15 +265,17 @@ impl Jail {
     /// `IsADirectory`.
     pub fn open_read(&self, p: &VPath) -> Result<(File, u64), FsError> {
         let err = |e| FsError::from_errno(e, p);
-        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
-        // writer and stall the whole single-threaded server.
-        let fd = self
-            .open_beneath(p, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK)
+        // O_PATH first: it looks the file up without opening it, so a
+        // device is never opened (some act on open) and a FIFO cannot make
+        // the single-threaded server wait for a writer.
+        let path_fd = self
+            .open_beneath(p, OFlags::PATH | OFlags::NOFOLLOW)
             .map_err(err)?;
-        let st = rustix::fs::fstat(&fd).map_err(err)?;
+        let st = rustix::fs::fstat(&path_fd).map_err(err)?;
         check_regular(&st, p)?;
-        // Harmless on a regular file, but readers should not inherit it.
-        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(err)?;
+        // Reopen that very inode for reading: no second lookup, so nothing
+        // swapped in meanwhile can be opened instead.
+        let fd = reopen_for_reading(&path_fd).map_err(err)?;
         Ok((File::from(fd), regular_size(&st)))
     }
 
@@ -342,6 +344,18 @@ fn check_regular(st: &Stat, p: &VPath) -> Result<(), FsError> {
             format!("not a regular file: {p}"),
         )),
     }
+}
+
+/// Opens an `O_PATH` descriptor's file for reading through
+/// `/proc/self/fd`, the kernel's way to upgrade such a descriptor.
+fn reopen_for_reading(path_fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+    rustix::fs::open(
+        link.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// The wire form of an lstat result.

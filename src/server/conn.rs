@@ -255,7 +255,12 @@ impl Conn {
     }
 
     /// Hands a finished disk job back to the session.
-    pub fn on_job(&mut self, ctx: &mut Ctx, scratch: &mut Buffer, result: session::JobResult) -> Drive {
+    pub fn on_job(
+        &mut self,
+        ctx: &mut Ctx,
+        scratch: &mut Buffer,
+        result: session::JobResult,
+    ) -> Drive {
         session::job_done(&mut self.st, &mut self.tx, ctx, result);
         self.drive(ctx, scratch)
     }
