@@ -107,7 +107,7 @@ fn code_exit(code: ErrorCode) -> u8 {
         // The server closes the session after these.
         VersionMismatch | NotLoggedIn | Timeout => exit::CONNECTION,
         BadRequest | NotFound | AlreadyExists | NotADirectory | IsADirectory | NotEmpty
-        | PermissionDenied | Busy | TransferFailed | Io | Internal => exit::REFUSED,
+        | PermissionDenied | Busy | TransferFailed | Io | Internal | Unavailable => exit::REFUSED,
     }
 }
 
@@ -133,6 +133,7 @@ fn describe(code: ErrorCode) -> &'static str {
         CrcMismatch => "the data did not match its CRC32",
         TransferFailed => "the transfer failed",
         Io => "the server's disk failed",
+        Unavailable => "the server is out of resources right now; try again later",
         Internal => "internal server error",
     }
 }

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 
 fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     log::set_level(args.log_level);
-    raise_open_files_limit();
+    raise_open_files_limit(args.max_conns);
     let cfg = Config {
         listen: args.listen,
         root,
@@ -127,15 +127,39 @@ fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     server.run()
 }
 
-/// Each connection is a file descriptor; raise the soft limit to the hard
-/// one so thousands of sessions do not fail on a default of 1024.
-fn raise_open_files_limit() {
+/// Each connection is a file descriptor, and a transfer holds a second one:
+/// raise the limit so thousands of sessions do not fail on a default of
+/// 1024. The hard limit is raised too where allowed (as root), to what the
+/// connection limit needs.
+fn raise_open_files_limit(max_conns: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
+    // Two per connection (socket, file) plus the server's own.
+    let wanted = (max_conns as u64).saturating_mul(2).saturating_add(64);
     let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            ftpd::log!(Warn, "could not raise the open-files limit: {e}");
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < wanted {
+        let raised = rustix::process::Rlimit {
+            current: Some(wanted),
+            maximum: Some(wanted),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return;
         }
+    }
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return;
+    }
+    limit.current = Some(wanted.min(hard));
+    if let Err(e) = setrlimit(Resource::Nofile, limit) {
+        ftpd::log!(Warn, "could not raise the open-files limit: {e}");
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if now < wanted {
+        ftpd::log!(
+            Warn,
+            "open-files limit {now} is below the {wanted} that --max-conns {max_conns} needs; \
+             some sessions may be refused"
+        );
     }
 }

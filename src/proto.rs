@@ -257,6 +257,8 @@ pub enum ErrorCode {
     Io,
     /// Anything else on the server's side.
     Internal,
+    /// The server is out of a resource (open files, memory) for now.
+    Unavailable,
 }
 
 /// scrypt settings for one user; bound into the login transcript.

@@ -592,6 +592,67 @@ fn a_server_that_cannot_prove_itself_is_refused_before_any_command() {
 }
 
 #[test]
+fn login_shortcuts_by_the_server_are_refused() {
+    type Script = Box<dyn FnOnce(&mut Peer) + Send>;
+    let cases: Vec<(&str, Script, &str)> = vec![
+        (
+            "a short server nonce",
+            Box::new(|peer: &mut Peer| {
+                peer.hello();
+                let _ = peer.recv();
+                let keys = keys();
+                peer.send(&Reply::Challenge {
+                    server_nonce: vec![1, 2, 3, 4],
+                    salt: keys.salt.clone(),
+                    kdf: keys.kdf,
+                })
+                .expect("send");
+            }),
+            "nonce has only 4 bytes",
+        ),
+        (
+            "LoginOk without a challenge",
+            Box::new(|peer: &mut Peer| {
+                peer.hello();
+                let _ = peer.recv();
+                peer.send(&Reply::LoginOk {
+                    server_signature: random_bytes(32),
+                })
+                .expect("send");
+            }),
+            "expected Challenge",
+        ),
+        (
+            "Ok instead of LoginOk",
+            Box::new(|peer: &mut Peer| {
+                peer.hello();
+                let keys = keys();
+                peer.challenge(&keys.salt, keys.kdf);
+                let _ = peer.recv();
+                peer.send(&Reply::Ok).expect("send");
+            }),
+            "expected LoginOk",
+        ),
+    ];
+    for (what, script, message) in cases {
+        let fake = Fake::start(script);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = ftpc(fake.addr, dir.path(), &["mkdir", "should-not-happen"]);
+        let seen = fake.finish();
+        assert_eq!(run.code(), Some(3), "{what}: {}", run.describe());
+        assert!(run.stderr.contains(message), "{what}: {}", run.describe());
+        assert!(
+            !seen.got(is_command),
+            "{what}: ftpc went on: {:?}",
+            seen.requests
+        );
+        if what != "Ok instead of LoginOk" {
+            assert!(!seen.got(is_proof), "{what}: {:?}", seen.requests);
+        }
+    }
+}
+
+#[test]
 fn the_fake_server_itself_logs_ftpc_in() {
     // Control for the tests above: with the right signature, the same fake
     // gets the command.
@@ -792,6 +853,28 @@ fn a_download_that_ends_early_leaves_no_final_file() {
     );
     assert_eq!(len_of(&dir.path().join("f.bin")), None, "final file exists");
     assert!(len_of(&dir.path().join("f.bin.part")).unwrap_or(0) <= 1000);
+}
+
+#[test]
+fn a_resume_offset_the_client_did_not_ask_for_is_refused() {
+    for (size, offset) in [(100, 50), (100, 101), (u64::MAX, u64::MAX)] {
+        let fake = serve_get(move |peer| {
+            peer.send(&Reply::GetReady { size, offset }).expect("send");
+            let _ = peer.send(&Reply::Chunk(&[b'x'; 50]));
+            let _ = peer.send(&Reply::GetDone { crc32: 0 });
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = ftpc(fake.addr, dir.path(), &["get", "f.bin"]);
+        fake.finish();
+        assert_eq!(run.code(), Some(3), "{offset}/{size}: {}", run.describe());
+        assert!(
+            run.stderr.contains("offered to resume"),
+            "{offset}/{size}: {}",
+            run.describe()
+        );
+        assert_eq!(len_of(&dir.path().join("f.bin")), None);
+        assert_eq!(len_of(&dir.path().join("f.bin.part")).unwrap_or(0), 0);
+    }
 }
 
 /// Sends full chunks until the client hangs up or `cap` bytes went out;

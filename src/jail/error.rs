@@ -44,6 +44,10 @@ impl FsError {
             }
             Some(Errno::NOSPC | Errno::DQUOT) => (Io, "the server's disk is full".to_owned()),
             Some(Errno::NAMETOOLONG) => (BadRequest, format!("name too long: {path}")),
+            Some(Errno::MFILE | Errno::NFILE | Errno::NOMEM) => (
+                Unavailable,
+                "the server is out of resources right now; try again later".to_owned(),
+            ),
             Some(_) => (Io, format!("I/O error on {path}")),
             // Not from the OS (a std or test error): go by its kind.
             None => match err.kind() {

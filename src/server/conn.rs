@@ -207,6 +207,10 @@ impl Conn {
 
     /// Handles the end states: a lingering close and a peer that left.
     fn finish_if_done(&mut self) -> Option<Drive> {
+        if let Phase::Done = self.st.phase {
+            // A client that said goodbye needs no lingering close.
+            return self.tx.is_empty().then_some(Drive::Close);
+        }
         if let Phase::Closing { .. } = self.st.phase {
             if self.tx.is_empty() && !self.write_shut {
                 self.write_shut = true;

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod conn;
+mod fds;
 pub mod guard;
 #[doc(hidden)]
 pub mod harness;
@@ -286,7 +287,11 @@ impl Server {
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        let conn = entry.insert(Conn::new(stream, peer, key, generation, self.ctx.now));
+        entry.insert(Conn::new(stream, peer, key, generation, self.ctx.now));
+        self.ctx.fds.set_conns(self.conns.len());
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
         log!(Info, "{peer}: connected");
         let at = conn.deadline(&self.ctx);
@@ -390,6 +395,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        self.ctx.fds.set_conns(self.conns.len());
         let _ = self.poll.registry().deregister(&mut conn.stream);
         session::closed(&mut conn.st, &mut self.ctx);
         let ip = conn.st.peer.ip();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Config;
 use super::accounts::Accounts;
+use super::fds::FdBudget;
 use super::guard::LoginGuard;
 use super::transfer::{self, Download, Upload};
 use super::worker::Worker;
@@ -37,6 +38,8 @@ pub struct Ctx {
     pub accounts: Accounts,
     pub guard: LoginGuard,
     pub worker: Worker<JobResult>,
+    /// Open transfer files against the open-files limit.
+    pub fds: FdBudget,
     /// The time of the current reactor turn (one clock read per turn).
     pub now: Instant,
     /// Reused encoding space for replies.
@@ -56,6 +59,7 @@ impl Ctx {
             accounts,
             guard,
             worker,
+            fds: FdBudget::new(),
             now: Instant::now(),
             scratch: Vec::new(),
         }
@@ -130,6 +134,72 @@ pub enum Phase {
     Sending(Box<Download>),
     /// The last reply is queued; close once it is out and the peer hangs up.
     Closing { until: Instant },
+    /// The client said goodbye: close as soon as the replies are out.
+    Done,
+    /// A transfer could not start because the server is out of file
+    /// descriptors; it is retried when `until` passes (backing off), and
+    /// fails only after the stall timeout.
+    Deferred(Box<Deferred>),
+}
+
+/// A transfer request waiting for resources.
+pub struct Deferred {
+    pub op: DeferredOp,
+    pub until: Instant,
+    pub since: Instant,
+    pub backoff: Duration,
+}
+
+/// The request a [`Phase::Deferred`] retries.
+pub enum DeferredOp {
+    Put {
+        path: String,
+        size: u64,
+        resume: bool,
+    },
+    Get {
+        path: String,
+        offset: u64,
+        prefix_crc: u32,
+    },
+}
+
+/// First wait before retrying a deferred transfer; it doubles up to
+/// [`MAX_BACKOFF`], so thousands of waiting sessions cost few wake-ups.
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Puts a transfer aside until resources free up, or fails it when it has
+/// waited as long as a stalled transfer may.
+pub fn defer(
+    st: &State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    op: DeferredOp,
+    previous: Option<&Deferred>,
+) -> Phase {
+    let since = previous.map_or(ctx.now, |d| d.since);
+    if ctx.now.saturating_duration_since(since) >= ctx.cfg.stall_timeout {
+        log!(
+            Warn,
+            "{} {}: out of file descriptors for too long; giving up",
+            st.peer,
+            st.user()
+        );
+        ctx.send_error(
+            tx,
+            ErrorCode::Unavailable,
+            "the server is out of resources right now; try again later",
+        );
+        return Phase::Ready;
+    }
+    let backoff = previous.map_or(FIRST_BACKOFF, |d| (d.backoff * 2).min(MAX_BACKOFF));
+    Phase::Deferred(Box::new(Deferred {
+        op,
+        until: ctx.now + backoff,
+        since,
+        backoff,
+    }))
 }
 
 impl Phase {
@@ -137,7 +207,12 @@ impl Phase {
     pub fn wants_input(&self) -> bool {
         !matches!(
             self,
-            Phase::Penalty { .. } | Phase::Waiting | Phase::Listing { .. } | Phase::Sending(_)
+            Phase::Penalty { .. }
+                | Phase::Waiting
+                | Phase::Listing { .. }
+                | Phase::Sending(_)
+                | Phase::Done
+                | Phase::Deferred(_)
         )
     }
 
@@ -192,6 +267,8 @@ impl State {
         match &self.phase {
             Phase::Hello | Phase::Login | Phase::Challenged(_) => self.opened + cfg.login_timeout,
             Phase::Penalty { until, .. } | Phase::Closing { until } => *until,
+            Phase::Done => self.active + LINGER,
+            Phase::Deferred(d) => d.until,
             Phase::Ready | Phase::Listing { .. } | Phase::Waiting => self.active + cfg.idle_timeout,
             Phase::PutOffered(_) | Phase::Receiving(_) | Phase::Discarding | Phase::Sending(_) => {
                 self.active + cfg.stall_timeout
@@ -199,7 +276,7 @@ impl State {
         }
     }
 
-    fn user(&self) -> &str {
+    pub fn user(&self) -> &str {
         self.login.as_ref().map_or("-", |l| l.user.as_str())
     }
 }
@@ -232,9 +309,7 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
         (phase, Request::Bye) => {
             st.phase = phase;
             abandon(st, ctx);
-            Phase::Closing {
-                until: ctx.now + LINGER,
-            }
+            Phase::Done
         }
         (Phase::Hello, Request::Hello { magic, version }) => hello(tx, ctx, magic, version),
         (phase @ (Phase::Login | Phase::Ready), Request::Ping) => {
@@ -499,13 +574,13 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             None
         }),
         Request::PutStart { path, size, resume } => {
-            return transfer::put_start(st, tx, ctx, &path, size, resume);
+            return transfer::put_start(st, tx, ctx, &path, size, resume, None);
         }
         Request::GetStart {
             path,
             offset,
             prefix_crc,
-        } => return transfer::get_start(st, tx, ctx, &path, offset, prefix_crc),
+        } => return transfer::get_start(st, tx, ctx, &path, offset, prefix_crc, None),
         other => {
             st.phase = Phase::Ready;
             let message = format!("unexpected {} now", request_name(&other));
@@ -641,7 +716,21 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
             ctx.send_error(tx, ErrorCode::AuthFailed, "login failed");
             st.phase = if close { closing } else { Phase::Login };
         }
-        Phase::Closing { .. } => return true,
+        Phase::Closing { .. } | Phase::Done => return true,
+        Phase::Deferred(d) => {
+            st.phase = match d.op {
+                DeferredOp::Put {
+                    ref path,
+                    size,
+                    resume,
+                } => transfer::put_start(st, tx, ctx, path, size, resume, Some(&d)),
+                DeferredOp::Get {
+                    ref path,
+                    offset,
+                    prefix_crc,
+                } => transfer::get_start(st, tx, ctx, path, offset, prefix_crc, Some(&d)),
+            };
+        }
         Phase::Hello | Phase::Login | Phase::Challenged(_) => {
             log!(Info, "{} login timed out", st.peer);
             ctx.send_error(tx, ErrorCode::Timeout, "login timed out");

@@ -14,11 +14,12 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crc32fast::Hasher;
 
-use super::session::{Ctx, JobResult, Phase, State, resolve};
+use super::fds::FileSlot;
+use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
 use crate::buf::Buffer;
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
 use crate::jail::{FsError, Jail, VPath};
@@ -32,6 +33,7 @@ pub struct Upload {
     path: VPath,
     jail: Arc<Jail>,
     file: File,
+    _slot: FileSlot,
     size: u64,
     /// Where this session's bytes began (after a resumed prefix).
     start: u64,
@@ -48,6 +50,7 @@ pub struct Upload {
 pub struct Download {
     path: VPath,
     file: File,
+    _slot: FileSlot,
     size: u64,
     start: u64,
     sent: u64,
@@ -88,6 +91,7 @@ pub fn put_start(
     path: &str,
     size: u64,
     resume: bool,
+    deferred: Option<&Deferred>,
 ) -> Phase {
     let Some(login) = st.login.as_ref() else {
         return Phase::Ready;
@@ -110,8 +114,19 @@ pub fn put_start(
         ctx.send_error(tx, ErrorCode::Busy, &message);
         return Phase::Ready;
     }
+    let put_op = || DeferredOp::Put {
+        path: path.to_string(),
+        size,
+        resume,
+    };
+    let Some(slot) = ctx.fds.take() else {
+        return defer(st, tx, ctx, put_op(), deferred);
+    };
     let (file, mut existing) = match jail.open_partial(&path) {
         Ok(opened) => opened,
+        Err(e) if e.code == ErrorCode::Unavailable => {
+            return defer(st, tx, ctx, put_op(), deferred);
+        }
         Err(e) => return fail(tx, ctx, &e),
     };
     if existing > 0 && (!resume || existing > size) {
@@ -139,6 +154,7 @@ pub fn put_start(
         path,
         jail,
         file,
+        _slot: slot,
         size,
         start: existing,
         written: existing,
@@ -349,13 +365,34 @@ pub fn put_end(
         Box::new(move || {
             // Data first, then the name: an acknowledged upload is on disk.
             let result = match up.file.sync_all() {
-                Ok(()) => up.jail.publish_partial(&up.path),
+                Ok(()) => publish_when_possible(&up),
                 Err(e) => Err(FsError::from_io(&e, &up.path)),
             };
             JobResult::Published(up, result)
         }),
     );
     Phase::Waiting
+}
+
+/// How long a publish waits for a file descriptor (the server at its
+/// open-files limit) before it gives up; it runs on a disk thread, so the
+/// wait stalls nobody else.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Renames the partial over its target, retrying while the server is out of
+/// file descriptors (others' transfers will free some).
+fn publish_when_possible(up: &Upload) -> Result<u64, FsError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match up.jail.publish_partial(&up.path) {
+            Err(e) if e.code == ErrorCode::Unavailable && started.elapsed() < PUBLISH_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The sync and rename finished: reply and settle the figures.
@@ -397,6 +434,11 @@ pub fn settle_published(ctx: &mut Ctx, up: Upload, result: &Result<u64, FsError>
         Ok(replaced) => {
             ctx.accounts
                 .adjust(&up.user, -(*replaced as i64), up.reserved);
+            release(ctx, &up);
+        }
+        Err(e) if e.code == ErrorCode::Unavailable => {
+            // Nothing wrong with the data: keep it for a resume.
+            ctx.accounts.adjust(&up.user, 0, up.reserved);
             release(ctx, &up);
         }
         Err(_) => {
@@ -464,6 +506,7 @@ pub fn get_start(
     path: &str,
     offset: u64,
     client_crc: u32,
+    deferred: Option<&Deferred>,
 ) -> Phase {
     let Some(login) = st.login.as_ref() else {
         return Phase::Ready;
@@ -472,13 +515,25 @@ pub fn get_start(
         Ok(p) => p,
         Err(e) => return fail(tx, ctx, &e),
     };
+    let get_op = || DeferredOp::Get {
+        path: path.to_string(),
+        offset,
+        prefix_crc: client_crc,
+    };
+    let Some(slot) = ctx.fds.take() else {
+        return defer(st, tx, ctx, get_op(), deferred);
+    };
     let (file, size) = match login.jail.open_read(&path) {
         Ok(opened) => opened,
+        Err(e) if e.code == ErrorCode::Unavailable => {
+            return defer(st, tx, ctx, get_op(), deferred);
+        }
         Err(e) => return fail(tx, ctx, &e),
     };
     let down = Box::new(Download {
         path,
         file,
+        _slot: slot,
         size,
         start: 0,
         sent: 0,
