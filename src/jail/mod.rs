@@ -44,6 +44,7 @@ use rustix::io::Errno;
 use crate::proto::{Entry, EntryKind, ErrorCode};
 
 pub use error::FsError;
+pub use partial::Published;
 pub use vpath::VPath;
 
 /// Name of the hidden folder in each home where unfinished uploads live;

@@ -31,6 +31,15 @@ const PARTIAL_DIR_MODE: u32 = 0o700;
 /// Mode of a partial, and so of the published file (before the umask).
 const PARTIAL_MODE: u32 = 0o644;
 
+/// What a publish did once the rename succeeded.
+#[derive(Debug)]
+pub struct Published {
+    /// Size of the regular file the upload replaced (0 if none).
+    pub replaced: u64,
+    /// Whether the folder was synced, so the new name survives a crash.
+    pub synced: Result<(), FsError>,
+}
+
 impl Jail {
     /// The partial file's name for an upload to `target`: the hex of the
     /// first 16 bytes of the SHA-256 of the path string, plus ".part".
@@ -98,6 +107,14 @@ impl Jail {
     /// itself, which is safe. Returns the size of the regular file it
     /// replaced (0 if none).
     pub fn publish_partial(&self, target: &VPath) -> Result<u64, FsError> {
+        let done = self.publish_partial_reporting_sync(target)?;
+        done.synced.map(|()| done.replaced)
+    }
+
+    /// [`Jail::publish_partial`], telling a failed rename (nothing changed)
+    /// apart from a failed folder sync after the rename (the target already
+    /// holds the new file, but the new name may not survive a crash).
+    pub fn publish_partial_reporting_sync(&self, target: &VPath) -> Result<Published, FsError> {
         let Some(target_name) = target.file_name() else {
             return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
         };
@@ -127,8 +144,10 @@ impl Jail {
                 _ => err(e),
             }
         })?;
-        rustix::fs::fsync(&dir).map_err(err)?;
-        Ok(replaced)
+        Ok(Published {
+            replaced,
+            synced: rustix::fs::fsync(&dir).map_err(err),
+        })
     }
 
     /// Deletes partials whose mtime is at least `max_age` old; returns the

@@ -16,7 +16,7 @@ use super::guard::LoginGuard;
 use super::transfer::{self, Download, Upload};
 use super::worker::Worker;
 use crate::buf::Buffer;
-use crate::jail::{FsError, Jail, VPath};
+use crate::jail::{FsError, Jail, Published, VPath};
 use crate::log;
 use crate::proto::{
     Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
@@ -285,7 +285,7 @@ impl State {
 pub enum JobResult {
     Listed(Result<(Vec<Entry>, u64, bool), FsError>),
     UploadPrefix(Box<Upload>, std::io::Result<u32>),
-    Published(Box<Upload>, Result<u64, FsError>),
+    Published(Box<Upload>, Result<Published, FsError>),
     DownloadPrefix(Box<Download>, std::io::Result<u32>, u32),
     /// Stale partial uploads of a user were deleted (a server job).
     Swept(String, std::io::Result<u64>),

@@ -22,7 +22,7 @@ use super::fds::FileSlot;
 use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
 use crate::buf::Buffer;
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
-use crate::jail::{FsError, Jail, VPath};
+use crate::jail::{FsError, Jail, Published, VPath};
 use crate::log;
 use crate::proto::{CHUNK_SIZE, ErrorCode, REPLY_CHUNK_TAG, Reply};
 use crate::size::format_size;
@@ -310,6 +310,14 @@ pub fn put_chunk(
         return Phase::Discarding;
     }
     if let Err(e) = up.file.write_all(bytes) {
+        // Part of the chunk may have landed before the error: count what
+        // is really in the file, so deleting it frees exactly that.
+        if let Ok(meta) = up.file.metadata() {
+            let extra = meta.len().saturating_sub(up.written);
+            ctx.accounts.adjust(&up.user, extra as i64, extra);
+            up.reserved = up.reserved.saturating_sub(extra);
+            up.written = meta.len();
+        }
         let err = FsError::from_io(&e, &up.path);
         let message = format!("upload of {} failed: {}", up.path, err.message);
         log!(
@@ -381,11 +389,11 @@ const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Renames the partial over its target, retrying while the server is out of
 /// file descriptors (others' transfers will free some).
-fn publish_when_possible(up: &Upload) -> Result<u64, FsError> {
+fn publish_when_possible(up: &Upload) -> Result<Published, FsError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match up.jail.publish_partial(&up.path) {
+        match up.jail.publish_partial_reporting_sync(&up.path) {
             Err(e) if e.code == ErrorCode::Unavailable && started.elapsed() < PUBLISH_PATIENCE => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
@@ -401,26 +409,31 @@ pub fn published(
     tx: &mut Buffer,
     ctx: &mut Ctx,
     up: Box<Upload>,
-    result: Result<u64, FsError>,
+    result: Result<Published, FsError>,
 ) -> Phase {
     let crc = up.hasher.clone().finalize();
     match &result {
-        Ok(_) => {
-            ctx.send(
-                tx,
-                &Reply::PutDone {
-                    size: up.size,
-                    crc32: crc,
-                },
-            );
+        Ok(Published { synced: Ok(()), .. }) => {
+            let done = Reply::PutDone {
+                size: up.size,
+                crc32: crc,
+            };
+            ctx.send(tx, &done);
             log_upload(st, &up, "ok");
         }
-        Err(e) => {
-            ctx.send_error(
-                tx,
-                e.code,
-                &format!("upload of {} failed: {}", up.path, e.message),
+        Ok(Published { synced: Err(e), .. }) => {
+            // The new file is in place but its name may not survive a
+            // crash: not a success to report.
+            let message = format!(
+                "upload of {} was saved but could not be synced to disk ({}); it may be lost if the server crashes",
+                up.path, e.message
             );
+            ctx.send_error(tx, ErrorCode::Io, &message);
+            log_upload(st, &up, "folder sync failed");
+        }
+        Err(e) => {
+            let message = format!("upload of {} failed: {}", up.path, e.message);
+            ctx.send_error(tx, e.code, &message);
             log_upload(st, &up, "publish failed");
         }
     }
@@ -429,25 +442,24 @@ pub fn published(
 }
 
 /// Figures after a publish attempt, whether or not anyone is listening.
-pub fn settle_published(ctx: &mut Ctx, up: Upload, result: &Result<u64, FsError>) {
+pub fn settle_published(ctx: &mut Ctx, up: Upload, result: &Result<Published, FsError>) {
     match result {
-        Ok(replaced) => {
+        // Renamed: the partial's bytes are the file's now; the old file is gone.
+        Ok(done) => {
             ctx.accounts
-                .adjust(&up.user, -(*replaced as i64), up.reserved);
-            release(ctx, &up);
+                .adjust(&up.user, -(done.replaced as i64), up.reserved);
         }
         Err(e) if e.code == ErrorCode::Unavailable => {
             // Nothing wrong with the data: keep it for a resume.
             ctx.accounts.adjust(&up.user, 0, up.reserved);
-            release(ctx, &up);
         }
         Err(_) => {
             // Sync or rename failed: the data is suspect, drop it.
             let freed = up.jail.remove_partial(&up.path).unwrap_or(0);
             ctx.accounts.adjust(&up.user, -(freed as i64), up.reserved);
-            release(ctx, &up);
         }
     }
+    release(ctx, &up);
 }
 
 fn release(ctx: &mut Ctx, up: &Upload) {
