@@ -419,11 +419,9 @@ fn a_full_disk_fails_the_upload_cleanly_and_the_server_goes_on() {
     assert_quota_matches_disk(server.addr, "bob", &server.view(&root.join("homes/bob")));
 }
 
+/// A chunk written in part before ENOSPC (a short write, then the error)
+/// must be accounted like the rest of the partial it is deleted with.
 #[test]
-#[ignore = "bug: a chunk that is written only in part before ENOSPC (short write, then error) \
-            is never added to `used` (put_chunk adds `len` only after write_all succeeds), \
-            but discard_upload subtracts the partial file's real size, so every upload that \
-            fills the disk leaves quota `used` too low by up to one chunk (seen: 122880 bytes)"]
 fn a_full_disk_leaves_the_quota_figures_equal_to_the_disk() {
     let Some((_scratch, root, server)) = server_on_a_small_disk() else {
         return;
@@ -566,11 +564,11 @@ fn failing_writes_syncs_and_renames_never_report_success() {
     );
 }
 
+/// The folder's fsync after the rename fails: the new file is in place but
+/// its name may not survive a crash. Not a success to report, but the
+/// error must say the file was saved, and the figures must count it as
+/// published (the old file's bytes are gone).
 #[test]
-#[ignore = "bug: when the folder fsync after the rename fails (publish_partial: renameat ok, \
-            fsync(dir) EIO), the client is told the upload failed although the target already \
-            holds the new file (the old one is gone), and settle_published's error branch never \
-            subtracts the replaced file, so quota `used` exceeds the bytes on disk by its size"]
 fn a_failed_folder_sync_after_the_rename_is_reported_consistently() {
     if let Some(why) = strace_unavailable() {
         return skip(&format!("strace cannot inject faults here: {why}"));
@@ -595,10 +593,13 @@ fn a_failed_folder_sync_after_the_rename_is_reported_consistently() {
     } else if out.status.success() && now == old {
         problems.push("success reported, but f.bin is still the old file".to_string());
     } else if !out.status.success() && now == new {
-        problems.push(format!(
-            "an error was reported ({}), but f.bin was replaced by the new file",
-            util::stderr(&out).trim()
-        ));
+        let err = util::stderr(&out);
+        if !err.contains("was saved") || err.contains("failed") {
+            problems.push(format!(
+                "the error ({}) does not say that f.bin was replaced by the new file",
+                err.trim()
+            ));
+        }
     }
     let q = quota(server.addr, "alice");
     let on_disk = disk_usage(&home).expect("usage");

@@ -154,16 +154,19 @@ impl Accounts {
     /// The credentials to check a login for `name` against: the user's, or
     /// a decoy that looks the same and can never verify.
     pub fn credentials(&self, name: &str) -> Credentials {
+        // The decoy is derived for every name, known or not, so the time a
+        // challenge takes does not tell which names exist.
+        let mut decoy = scram::decoy_keys(&self.secret, name);
+        decoy.kdf = self.decoy_kdf;
         match self.map.get(name).filter(|a| a.active) {
             Some(acc) => Credentials {
                 keys: acc.keys.clone(),
                 known: true,
             },
-            None => {
-                let mut keys = scram::decoy_keys(&self.secret, name);
-                keys.kdf = self.decoy_kdf;
-                Credentials { keys, known: false }
-            }
+            None => Credentials {
+                keys: decoy,
+                known: false,
+            },
         }
     }
 
