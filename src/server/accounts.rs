@@ -156,7 +156,7 @@ impl Accounts {
     pub fn credentials(&self, name: &str) -> Credentials {
         // The decoy is derived for every name, known or not, so the time a
         // challenge takes does not tell which names exist.
-        let mut decoy = scram::decoy_keys(&self.secret, name);
+        let mut decoy = std::hint::black_box(scram::decoy_keys(&self.secret, name));
         decoy.kdf = self.decoy_kdf;
         match self.map.get(name).filter(|a| a.active) {
             Some(acc) => Credentials {
