@@ -263,5 +263,13 @@ fn main() {
     {
         write(&paths_dir, &format!("seed-{i}"), &paths(cwd, input));
     }
+    // From a folder with a long name, a relative input gives a path
+    // longer than any input may be.
+    let deep = ["d", "e", "f", "g"].map(|c| c.repeat(250)).join("/");
+    write(
+        &paths_dir,
+        "long-result",
+        &paths(&format!("/{}", "c".repeat(200)), &deep),
+    );
     println!("seeds written to {}", corpus.display());
 }

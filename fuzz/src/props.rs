@@ -720,9 +720,15 @@ pub fn check_resolve(cwd: &VPath, input: &str) {
         Ok(p) => {
             check_vpath(&p);
             assert_eq!(Some(components(&p)), want, "{input:?} from {cwd}");
+            // A relative input from a deep folder can give a path longer
+            // than any input may be (up to MAX_PATH_DEPTH names of 255
+            // bytes); such a path cannot be sent back as it is shown
+            // (`tests/props.rs`: `long_paths_resolve_back`, ignored).
             let shown = p.to_string();
-            assert_eq!(VPath::resolve(&VPath::root(), &shown).as_ref(), Ok(&p));
-            assert_eq!(VPath::resolve(cwd, &shown).as_ref(), Ok(&p));
+            if shown.len() <= MAX_PATH_LEN {
+                assert_eq!(VPath::resolve(&VPath::root(), &shown).as_ref(), Ok(&p));
+                assert_eq!(VPath::resolve(cwd, &shown).as_ref(), Ok(&p));
+            }
         }
     }
     let up = VPath::resolve(cwd, "..").expect("`..` is always fine");
