@@ -31,7 +31,7 @@ pub const TX_HIGH: usize = 64 * 1024;
 pub const TX_XFER: usize = 1024 * 1024;
 
 /// Bytes one connection may move in one turn before others get theirs.
-const TURN_BUDGET: usize = 4 * 1024 * 1024;
+const TURN_BUDGET: usize = 1024 * 1024;
 
 /// Decodes and handles every complete frame in `src`, within limits;
 /// returns the bytes used.
