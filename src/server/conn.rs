@@ -7,6 +7,13 @@
 //! to be re-registered, and pausing reads (backpressure, a job in flight) is
 //! just not reading: when the pause ends, the flag says whether data may be
 //! waiting.
+//!
+//! The seam for encryption: socket bytes enter only through
+//! `Buffer::read_from(&mut self.stream)` in [`Conn::read`] and leave only
+//! through `Buffer::write_to(&mut self.stream)` in `Conn::write`. A TLS
+//! layer (rustls works with nonblocking sockets) becomes a `Read + Write`
+//! wrapper of the stream that decrypts into and encrypts out of those two
+//! calls; the session state machine never sees the difference.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
