@@ -20,6 +20,8 @@
 # Per-scenario settings (environment): LOGIN_N=1000, TRANSFER_N=1000,
 # TRANSFER_SIZE=64K, IDLE_N=2000, IDLE_DURATION=10, IDLE_SIZE=256M,
 # MIXED_N=200, MIXED_DURATION=10, MIXED_BIG=2, MIXED_SIZE=64M,
+# MIXED_THINK=20 (ms each small-request session waits, ±50 %, after a reply
+# before its next request, passed as --think; 0 sends them back to back),
 # EXTRA_ARGS (passed to every ftpload run, e.g. "--max-connecting 500").
 #
 # Exits non-zero if any scenario had a failed session.
@@ -36,6 +38,7 @@ MIXED_N=${MIXED_N:-200}
 MIXED_DURATION=${MIXED_DURATION:-10}
 MIXED_BIG=${MIXED_BIG:-2}
 MIXED_SIZE=${MIXED_SIZE:-64M}
+MIXED_THINK=${MIXED_THINK:-20}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 SCENARIOS="login transfer idle mixed"
 TMPFS=0
@@ -186,7 +189,7 @@ for scenario in $SCENARIOS; do
         login) run login -n "$LOGIN_N" ;;
         transfer) run transfer -n "$TRANSFER_N" --size "$TRANSFER_SIZE" ;;
         idle) run idle -n "$IDLE_N" --duration "$IDLE_DURATION" --size "$IDLE_SIZE" ;;
-        mixed) run mixed -n "$MIXED_N" --duration "$MIXED_DURATION" --big "$MIXED_BIG" --size "$MIXED_SIZE" ;;
+        mixed) run mixed -n "$MIXED_N" --duration "$MIXED_DURATION" --big "$MIXED_BIG" --size "$MIXED_SIZE" --think "$MIXED_THINK" ;;
         *) echo "loadtest.sh: unknown scenario $scenario" >&2; exit 2 ;;
     esac
 done

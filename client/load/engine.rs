@@ -4,15 +4,20 @@
 //! calls [`Engine::run_until`] with a condition. Each turn: start sessions
 //! that are due (all at once, or paced by `--connect-rate` and
 //! `--max-connecting`), wait for readiness, drive every session that is
-//! ready, drive those that used up their budget last turn, and every
-//! [`TICK`] check deadlines, release held sessions, sample the server's
-//! memory and redraw the progress bar.
+//! ready, wake the sessions whose think time is over, drive those that
+//! used up their budget last turn, and every [`TICK`] check deadlines,
+//! release held sessions, sample the server's memory and redraw the
+//! progress bar.
 //!
 //! Timeouts are a scan of all sessions per tick rather than a timer heap:
 //! at 10 ticks a second, 10,000 sessions cost 100,000 comparisons a second,
-//! which is noise next to the socket calls.
+//! which is noise next to the socket calls. Think times (`--think`) need
+//! millisecond precision, so they do use a heap ([`Ctx::timers`]): the
+//! poll's timeout runs to the earliest wake-up at the latest, and the
+//! thread never sleeps other than in the poll.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +98,27 @@ pub struct Ctx {
     pub release_at: Option<Instant>,
     /// Reused encoding space for requests.
     pub scratch: Vec<u8>,
+    /// Sessions thinking, by wake-up time: (when, slab key, generation).
+    /// An entry whose session has ended (its generation no longer in the
+    /// slab at that key) or is not thinking any more is skipped.
+    pub timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// State of the jitter's random numbers (splitmix64).
+    pub rng: u64,
+}
+
+impl Ctx {
+    /// `mean` scaled by a uniformly random factor in [0.5, 1.5), so that
+    /// sessions with the same think time do not move in step.
+    pub fn jitter(&mut self, mean: Duration) -> Duration {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // The top 53 bits as a fraction in [0, 1).
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        mean.mul_f64(0.5 + unit)
+    }
 }
 
 /// How sessions are started.
@@ -260,6 +286,7 @@ impl Engine {
                     }
                 }
             }
+            self.wake_due();
             for _ in 0..self.ready.len() {
                 if let Some((key, generation)) = self.ready.pop_front() {
                     self.drive(key, Some(generation));
@@ -279,6 +306,9 @@ impl Engine {
         let mut until = self.next_tick.min(self.deadline);
         if let Some(at) = self.next_start() {
             until = until.min(at);
+        }
+        if let Some(Reverse((at, _, _))) = self.cx.timers.peek() {
+            until = until.min(*at);
         }
         until.saturating_duration_since(now)
     }
@@ -341,7 +371,7 @@ impl Engine {
         self.next_generation += 1;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
-        let started = Session::connect(self.addr, g, index, user, self.next_generation, now)
+        let started = Session::connect(self.addr, key, g, index, user, self.next_generation, now)
             .and_then(|mut s| {
                 self.poll.registry().register(
                     s.stream_mut(),
@@ -388,6 +418,29 @@ impl Engine {
         }
     }
 
+    /// Resumes the sessions whose think time is over: each starts its next
+    /// op and is driven at once, so the request goes out this turn.
+    fn wake_due(&mut self) {
+        let now = self.cx.now;
+        while let Some(&Reverse((at, key, generation))) = self.cx.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.cx.timers.pop();
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if s.st.generation != generation {
+                continue; // the session it was set for has ended
+            }
+            match s.st.wake(&mut self.cx) {
+                Ok(true) => self.drive(key, Some(generation)),
+                Ok(false) => {}
+                Err(fail) => self.finish(key, Some(fail)),
+            }
+        }
+    }
+
     /// Ends a session and counts it. Dropping the socket closes it, which
     /// also takes it out of the poll set.
     fn finish(&mut self, key: usize, fail: Option<Fail>) {
@@ -428,6 +481,7 @@ impl Engine {
             }
         }
         self.ready.clear();
+        self.cx.timers.clear();
         self.update_progress();
     }
 
@@ -443,7 +497,9 @@ impl Engine {
                 if release {
                     released.push(key);
                 }
-            } else if now.saturating_duration_since(s.st.last_progress) > self.step_timeout {
+            } else if !s.st.is_thinking()
+                && now.saturating_duration_since(s.st.last_progress) > self.step_timeout
+            {
                 expired.push(key);
             }
         }

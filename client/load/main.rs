@@ -23,7 +23,11 @@
 //! - `mixed`: `--big` sessions put/get/remove a `--size` file (64 MiB) in a
 //!   loop while N sessions loop over `ls`, `stat` and `get` of a small file
 //!   (`--small-size`, uploaded once per user first), for `--duration`
-//!   seconds; reports the small requests' latency.
+//!   seconds; reports the small requests' latency. By default each session
+//!   sends its next request as soon as the reply is in (a closed loop,
+//!   where latency is mostly queueing: N / throughput); `--think MS` makes
+//!   each wait MS milliseconds (±50 %) first, which offers N / think
+//!   requests a second.
 //!
 //! Key derivation (scrypt) is done once per user, before the measured
 //! phase; see `scenario.rs`.
@@ -47,6 +51,7 @@ mod session;
 mod stats;
 mod users;
 
+use std::collections::BinaryHeap;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -122,6 +127,13 @@ struct Cli {
     /// Large transfers running alongside the small requests (mixed).
     #[arg(long, default_value_t = 2, value_name = "K")]
     big: usize,
+    /// Think time of the small-request sessions (mixed), in milliseconds:
+    /// after each reply a session waits this long, ±50 % at random, before
+    /// its next request, which offers N / think requests a second. 0: send
+    /// the next request at once (a closed loop, where latency is mostly
+    /// queueing).
+    #[arg(long, default_value_t = 0.0, value_name = "DURATION_MS")]
+    think: f64,
     /// Keep uploaded files instead of removing them at the end.
     #[arg(long)]
     keep: bool,
@@ -206,6 +218,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     if cli.max_connecting == Some(0) {
         bail!("--max-connecting must be at least 1");
     }
+    let think = Duration::try_from_secs_f64(cli.think / 1000.0)
+        .map_err(|_| anyhow!("--think must be a number of milliseconds, 0 or more"))?;
+    if !think.is_zero() && scenario != Scenario::Mixed {
+        bail!("--think applies to the mixed scenario only");
+    }
     let size = cli.size.unwrap_or(match scenario {
         Scenario::Transfer | Scenario::Login => 64 << 10,
         Scenario::Idle => 256 << 20,
@@ -219,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         small_size: cli.small_size,
         duration,
         big: cli.big,
+        think,
         keep: cli.keep,
         seed,
     };
@@ -246,6 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         loop_until: None,
         release_at: None,
         scratch: Vec::new(),
+        timers: BinaryHeap::new(),
+        rng: seed ^ 0x6a09_e667_f3bc_c908,
     };
     let pacing = Pacing {
         rate: cli.connect_rate,

@@ -69,7 +69,16 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Requests {
     pub count: u64,
+    /// Achieved: requests over the loop's duration.
     pub per_s: f64,
+    /// `--think`: mean think time between a reply and the next request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub think_ms: Option<f64>,
+    /// With `--think`: sessions / think time, the rate asked for (each
+    /// request's latency comes on top of its think time, so the achieved
+    /// rate stays somewhat below).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_per_s: Option<f64>,
 }
 
 /// The large transfers (`idle`: one; `mixed`: `--big`).
@@ -240,9 +249,18 @@ impl Report {
             )?;
         }
         if let Some(r) = &self.requests {
+            let offered = match (r.offered_per_s, r.think_ms) {
+                (Some(rate), Some(ms)) => {
+                    format!(
+                        " (offered {rate:.0}/s: {} sessions, think {ms} ms ±50%)",
+                        self.sessions
+                    )
+                }
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "  requests   {} small requests: {:.0}/s",
+                "  requests   {} small requests: {:.0}/s{offered}",
                 r.count, r.per_s
             )?;
         }

@@ -58,6 +58,9 @@ pub struct Plan {
     pub small_size: u64,
     pub duration: Duration,
     pub big: usize,
+    /// `mixed`: mean think time of the small-request sessions (zero: a
+    /// closed loop, requests back to back).
+    pub think: Duration,
     pub keep: bool,
     pub seed: u64,
 }
@@ -436,6 +439,7 @@ fn mixed(eng: &mut Engine, plan: &Plan) -> anyhow::Result<Report> {
     let small_script = Script {
         repeat: Some((2, 5)),
         small: Some(Arc::clone(&small_content)),
+        think: plan.think,
         ..Script::new(small_ops)
     };
     let small = eng.add_group("small", small_script, plan.sessions);
@@ -450,6 +454,11 @@ fn mixed(eng: &mut Engine, plan: &Plan) -> anyhow::Result<Report> {
     r.requests = Some(Requests {
         count: requests,
         per_s: requests as f64 / plan.duration.as_secs_f64().min(elapsed).max(1e-9),
+        // With a think time, each session sends about one request per
+        // think time at most: the rate the run offers, whatever the server.
+        think_ms: (!plan.think.is_zero()).then_some(plan.think.as_micros() as f64 / 1000.0),
+        offered_per_s: (!plan.think.is_zero())
+            .then(|| plan.sessions as f64 / plan.think.as_secs_f64()),
     });
     r.big = Some(big_stats(
         &eng.group(big).stats,

@@ -7,6 +7,8 @@
 //!  Get:    Await(GetReady) ──► Downloading (Chunk* GetDone)
 //!  Stat / Remove / List:  Await(..)        Hold: Holding until the engine releases it
 //!  Bye:    Closing: wait for the server's EOF, then the session is done
+//!  Think:  Thinking before an op of the repeated part, until the engine's
+//!          timer wakes the session (scripts with a think time)
 //! ```
 //!
 //! Any `Error` reply, unexpected reply, bad frame, broken connection or
@@ -16,6 +18,7 @@
 //! registered once for READABLE | WRITABLE (edge-triggered), an event sets
 //! `can_read` / `can_write`, and only a `WouldBlock` clears them.
 
+use std::cmp::Reverse;
 use std::fmt::Display;
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
@@ -93,6 +96,9 @@ pub struct Script {
     pub small: Option<Arc<Content>>,
     /// Part of the own file's name, so groups do not collide.
     pub tag: &'static str,
+    /// Mean wait before each op of the repeated part (±50 %, uniformly at
+    /// random); zero: back to back.
+    pub think: Duration,
 }
 
 impl Script {
@@ -103,6 +109,7 @@ impl Script {
             own: None,
             small: None,
             tag: "",
+            think: Duration::ZERO,
         }
     }
 }
@@ -208,6 +215,9 @@ enum Step {
     Uploading(Upload),
     Downloading(Download),
     Holding,
+    /// Waiting out the think time before the op at `pc`; the engine's
+    /// timer heap holds the wake-up.
+    Thinking,
     Closing,
 }
 
@@ -229,6 +239,7 @@ impl Step {
             Step::Uploading(_) => "uploading",
             Step::Downloading(_) => "downloading",
             Step::Holding => "holding",
+            Step::Thinking => "thinking between requests",
             Step::Closing => "waiting for the server to close after Bye",
         }
     }
@@ -266,6 +277,8 @@ pub struct State {
     tx: Buffer,
     step: Step,
     pc: usize,
+    /// The session's slab key (its token), for the timer heap.
+    pub key: usize,
     pub group: usize,
     pub index: u64,
     pub user: usize,
@@ -284,6 +297,7 @@ impl Session {
     /// Starts a nonblocking connect to `addr`.
     pub fn connect(
         addr: SocketAddr,
+        key: usize,
         group: usize,
         index: u64,
         user: usize,
@@ -302,6 +316,7 @@ impl Session {
                 tx: Buffer::with_cap(TX_CAP),
                 step: Step::Connecting,
                 pc: 0,
+                key,
                 group,
                 index,
                 user,
@@ -410,6 +425,10 @@ impl State {
         matches!(self.step, Step::Holding)
     }
 
+    pub fn is_thinking(&self) -> bool {
+        matches!(self.step, Step::Thinking)
+    }
+
     /// A failure with who failed and what it was doing.
     fn fail(&self, cx: &Ctx, kind: FailKind, message: impl Display) -> Fail {
         let group = &cx.groups[self.group];
@@ -451,6 +470,17 @@ impl State {
         }
         cx.groups[self.group].stats.holding -= 1;
         self.advance(cx)
+    }
+
+    /// The think time is over (the engine's timer): starts the op it was
+    /// waiting before. `false` if the session was not thinking (a stale
+    /// timer).
+    pub fn wake(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
+        if !self.is_thinking() {
+            return Ok(false);
+        }
+        self.start_op(cx)?;
+        Ok(true)
     }
 
     fn send(&mut self, cx: &mut Ctx, req: &Request) -> Result<(), Fail> {
@@ -598,6 +628,20 @@ impl State {
             && cx.loop_until.is_some_and(|until| cx.now < until)
         {
             self.pc = start;
+        }
+        let think = group.script.think;
+        let repeating = group
+            .script
+            .repeat
+            .is_some_and(|(start, end)| (start..end).contains(&self.pc));
+        if repeating && !think.is_zero() {
+            // Wait before the next request; the engine wakes the session
+            // (and `wake` starts the op) once the timer is due. The op's
+            // latency is timed from then, so the think time is not in it.
+            let at = Instant::now() + cx.jitter(think);
+            cx.timers.push(Reverse((at, self.key, self.generation)));
+            self.step = Step::Thinking;
+            return Ok(());
         }
         self.start_op(cx)
     }
