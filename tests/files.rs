@@ -1953,18 +1953,39 @@ fn error_messages_never_name_a_server_path() {
 #[test]
 fn a_deep_tree_does_not_lock_its_owner_out_after_a_restart() {
     let mut site = Site::new(&[("alice", None)]);
-    let local = site.local_file("deep.txt", b"0123456789");
-    // Sixteen 255-byte folders, one inside the other, then a file in the
-    // last: every request stays under the limits (each path is below 1024
-    // bytes, the kernel's relative walk below 4096).
+    // Through the protocol a path is capped at 1024 bytes, so users cannot
+    // build this; someone with a shell on the server can. Twenty 255-byte
+    // folders, one inside the other (over PATH_MAX as a joined path), then
+    // a file in the last, made with descriptors as a shell user's tools do.
+    use rustix::fs::{Mode, OFlags, mkdirat, openat};
     let name = "x".repeat(255);
-    let mut lines = Vec::new();
-    for _ in 0..16 {
-        lines.push(ok_line(format!("mkdir {name}")));
-        lines.push(ok_line(format!("cd {name}")));
+    let mut dir = openat(
+        rustix::fs::CWD,
+        site.home("alice").as_path(),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .expect("open home");
+    for _ in 0..20 {
+        mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).expect("mkdir");
+        dir = openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("open deeper");
     }
-    lines.push(ok_line(format!("put {}", q(&local))));
-    site.script("alice", &lines);
+    let file = openat(
+        &dir,
+        "deep.txt",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .expect("create");
+    rustix::io::write(&file, b"0123456789").expect("write");
+    drop(file);
+    site.restart();
     let mut c = site.raw("alice");
     assert_eq!(raw_quota(&mut c).used, 10);
     drop(c);

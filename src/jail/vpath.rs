@@ -115,6 +115,12 @@ impl VPath {
         if self.components.len() > MAX_PATH_DEPTH {
             return Err(bad(format!("path too deep (over {MAX_PATH_DEPTH} levels)")));
         }
+        // The result obeys the same length cap as input, so every path the
+        // server shows (pwd, listings) can be sent back to it.
+        let len: usize = self.components.iter().map(|c| c.len() + 1).sum();
+        if len > MAX_PATH_LEN {
+            return Err(bad(format!("path too long (over {MAX_PATH_LEN} bytes)")));
+        }
         Ok(())
     }
 }
