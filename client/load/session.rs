@@ -47,7 +47,7 @@ const RX_CAP: usize = 2 * (MAX_FRAME + HEADER_LEN);
 const TX_CAP: usize = 64 * 1024;
 
 /// Bytes one session may move in one turn before the others get theirs.
-const TURN_BUDGET: usize = 4 * 1024 * 1024;
+const TURN_BUDGET: usize = 512 * 1024;
 
 /// Shortest server nonce accepted (as `ftpc` does).
 const MIN_SERVER_NONCE: usize = 16;
