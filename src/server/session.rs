@@ -287,6 +287,9 @@ pub enum JobResult {
     UploadPrefix(Box<Upload>, std::io::Result<u32>),
     Published(Box<Upload>, Result<Published, FsError>),
     DownloadPrefix(Box<Download>, std::io::Result<u32>, u32),
+    /// A file was removed or replaced (by `rm` or `mv`): the user and the
+    /// bytes freed.
+    Freed(String, Result<u64, FsError>),
     /// Stale partial uploads of a user were deleted (a server job).
     Swept(String, std::io::Result<u64>),
 }
@@ -557,12 +560,22 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             login.jail.rmdir(&p)?;
             Ok(Some(Reply::Ok))
         }),
-        Request::Remove { path } => resolve(login, &path).and_then(|p| {
-            let freed = login.jail.remove_file(&p)?;
-            ctx.accounts.adjust(&login.user, -(freed as i64), 0);
-            Ok(Some(Reply::Ok))
+        // Deleting (or replacing) a big file frees its pages inside the
+        // syscall, which takes milliseconds: done on a disk thread.
+        Request::Remove { path } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            let user = login.user.clone();
+            let job = move || JobResult::Freed(user, jail.remove_file(&p));
+            ctx.worker.submit(st.key, st.generation, Box::new(job));
+            None
         }),
-        Request::Rename { from, to } => rename(login, ctx, &from, &to).map(|()| Some(Reply::Ok)),
+        Request::Rename { from, to } => rename_target(login, ctx, &from, &to).map(|(from, to)| {
+            let jail = Arc::clone(&login.jail);
+            let user = login.user.clone();
+            let job = move || JobResult::Freed(user, jail.rename(&from, &to));
+            ctx.worker.submit(st.key, st.generation, Box::new(job));
+            None
+        }),
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
         Request::List { path } => resolve(login, &path).map(|p| {
             let jail = Arc::clone(&login.jail);
@@ -602,7 +615,12 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
 }
 
 /// `mv FROM TO`: onto an existing directory means into it, as with `mv`.
-fn rename(login: &LoggedIn, ctx: &mut Ctx, from: &str, to: &str) -> Result<(), FsError> {
+fn rename_target(
+    login: &LoggedIn,
+    ctx: &Ctx,
+    from: &str,
+    to: &str,
+) -> Result<(VPath, VPath), FsError> {
     let from = resolve(login, from)?;
     let mut to = resolve(login, to)?;
     if let Ok(entry) = login.jail.stat(&to)
@@ -622,9 +640,7 @@ fn rename(login: &LoggedIn, ctx: &mut Ctx, from: &str, to: &str) -> Result<(), F
             message: format!("busy: an upload to {} is in progress", to),
         });
     }
-    let replaced = login.jail.rename(&from, &to)?;
-    ctx.accounts.adjust(&login.user, -(replaced as i64), 0);
-    Ok(())
+    Ok((from, to))
 }
 
 /// Fills the send buffer from a streaming reply; returns bytes queued.
@@ -673,6 +689,16 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
             ctx.send_error(tx, e.code, &e.message);
             Phase::Ready
         }
+        JobResult::Freed(user, result) => {
+            match result {
+                Ok(freed) => {
+                    ctx.accounts.adjust(&user, -(freed as i64), 0);
+                    ctx.send(tx, &Reply::Ok);
+                }
+                Err(e) => ctx.send_error(tx, e.code, &e.message),
+            }
+            Phase::Ready
+        }
         JobResult::UploadPrefix(up, crc) => transfer::offer_upload(st, tx, ctx, up, crc),
         JobResult::Published(up, result) => transfer::published(st, tx, ctx, up, result),
         JobResult::DownloadPrefix(down, crc, client_crc) => {
@@ -689,6 +715,8 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
 pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
     match result {
         JobResult::Listed(_) | JobResult::DownloadPrefix(..) => {}
+        JobResult::Freed(user, Ok(freed)) => ctx.accounts.adjust(&user, -(freed as i64), 0),
+        JobResult::Freed(_, Err(_)) => {}
         JobResult::UploadPrefix(up, _) => transfer::abort_upload(ctx, *up, "connection closed"),
         JobResult::Published(up, result) => transfer::settle_published(ctx, *up, &result),
         JobResult::Swept(user, Ok(freed)) => {
