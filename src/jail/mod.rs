@@ -37,6 +37,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
@@ -71,6 +72,8 @@ pub struct Jail {
     /// The home, opened `O_DIRECTORY` (readable, so it can be listed and
     /// fsynced).
     home: OwnedFd,
+    /// The partial-uploads folder, once opened (see `partial_dir`).
+    partials: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl Jail {
@@ -86,7 +89,10 @@ impl Jail {
             Mode::empty(),
         )?;
         match open_beneath(home.as_fd(), ".", OFlags::PATH, Mode::empty()) {
-            Ok(_) => Ok(Jail { home }),
+            Ok(_) => Ok(Jail {
+                home,
+                partials: Mutex::new(None),
+            }),
             Err(Errno::NOSYS) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "openat2 is not available (Linux 5.6 or later is needed)",
@@ -105,6 +111,21 @@ impl Jail {
         let dir = self.open_parent(p, OFlags::PATH)?;
         let st = lstat_at(&dir, name).map_err(|e| FsError::from_errno(e, p))?;
         Ok(entry(name.to_owned(), &st))
+    }
+
+    /// Like [`Jail::stat`], but a missing `p` in an existing folder is
+    /// `Ok(None)`; a missing or non-folder parent is still an error. One
+    /// lookup serves "may a file be created here, and is one there".
+    pub fn lookup(&self, p: &VPath) -> Result<Option<Entry>, FsError> {
+        let Some(name) = p.file_name() else {
+            return self.stat(p).map(Some);
+        };
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        match lstat_at(&dir, name) {
+            Ok(st) => Ok(Some(entry(name.to_owned(), &st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(FsError::from_errno(e, p)),
+        }
     }
 
     /// Checks that `p` exists and is a real folder (not a symlink to one),

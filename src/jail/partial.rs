@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -196,9 +197,26 @@ impl Jail {
         Ok(freed)
     }
 
-    /// Opens [`PARTIAL_DIR`] (readable), creating it first if `create`;
-    /// `None` if it does not exist and `create` is false.
-    fn partial_dir(&self, create: bool) -> Result<Option<OwnedFd>, Errno> {
+    /// [`PARTIAL_DIR`] (readable), creating it first if `create`; `None`
+    /// if it does not exist and `create` is false.
+    ///
+    /// The descriptor is kept between uploads (one `fstat` checks it is
+    /// still linked, in case someone removed the folder), which saves a
+    /// path walk, a `mkdirat` and a `close` per upload.
+    fn partial_dir(&self, create: bool) -> Result<Option<Arc<OwnedFd>>, Errno> {
+        let mut cached = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = cached.as_ref() {
+            match rustix::fs::fstat(&**fd) {
+                Ok(st) if st.st_nlink > 0 => return Ok(Some(Arc::clone(fd))),
+                _ => *cached = None,
+            }
+        }
+        let opened = self.open_partial_dir(create)?.map(Arc::new);
+        cached.clone_from(&opened);
+        Ok(opened)
+    }
+
+    fn open_partial_dir(&self, create: bool) -> Result<Option<OwnedFd>, Errno> {
         if create {
             match rustix::fs::mkdirat(
                 &self.home,

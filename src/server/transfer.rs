@@ -178,22 +178,18 @@ pub fn put_start(
 
 /// The target of an upload must be a file name in an existing directory.
 fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
-    let Some(parent) = path.parent() else {
-        return Err(FsError {
-            code: ErrorCode::IsADirectory,
-            message: "is a directory: /".into(),
-        });
-    };
-    jail.check_dir(&parent)?;
-    match jail.stat(path) {
-        Ok(e) if e.kind == crate::proto::EntryKind::Dir => Err(FsError {
-            code: ErrorCode::IsADirectory,
-            message: format!("is a directory: {path}"),
-        }),
-        Ok(e) if e.kind != crate::proto::EntryKind::File => Err(FsError {
-            code: ErrorCode::PermissionDenied,
-            message: format!("permission denied: {path} is not a regular file"),
-        }),
+    if path.is_root() {
+        return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
+    }
+    match jail.lookup(path)? {
+        Some(e) if e.kind == crate::proto::EntryKind::Dir => Err(FsError::new(
+            ErrorCode::IsADirectory,
+            format!("is a directory: {path}"),
+        )),
+        Some(e) if e.kind != crate::proto::EntryKind::File => Err(FsError::new(
+            ErrorCode::PermissionDenied,
+            format!("permission denied: {path} is not a regular file"),
+        )),
         _ => Ok(()),
     }
 }
