@@ -6,6 +6,7 @@ mod util;
 mod faults;
 mod files;
 mod hostile;
+mod load;
 mod login;
 mod props;
 mod protocol;
