@@ -24,7 +24,7 @@ use ftpd::proto::{
 use ftpd::scram;
 use ftpd::usage::disk_usage;
 
-use crate::util::{self, DataDir, FTPC, FTPD, Raw, TEST_KDF_LOG_N, TestServer};
+use crate::util::{self, DataDir, FTPC, FTPD, Raw, TEST_KDF_LOG_N, TestServer, rss_kib};
 
 fn password(user: &str) -> String {
     format!("{user}-pw")
@@ -280,15 +280,6 @@ fn cpu_secs(pid: u32) -> f64 {
         .collect();
     // USER_HZ is 100 wherever Linux exports these figures.
     (fields[0] + fields[1]) as f64 / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {

@@ -298,6 +298,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         TransferFailed,
         Io,
         Internal,
+        Unavailable,
     ])
 }
 

@@ -7,17 +7,7 @@ use std::time::{Duration, Instant};
 use ftpd::frame;
 use ftpd::proto::{ErrorCode, MAGIC, PROTOCOL_VERSION, Reply, Request};
 
-use crate::util::{DataDir, Raw, TestServer};
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
+use crate::util::{DataDir, Raw, TestServer, rss_kib};
 
 /// A fresh client can still do the whole first exchange.
 fn assert_serving(server: &TestServer) {

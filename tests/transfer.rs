@@ -102,6 +102,18 @@ impl Env {
             .expect("run ftpc")
     }
 
+    /// Runs `ftpc put big.bin` again and checks that it says it resumed at
+    /// `offset`, that the result equals `data`, and that nothing is left over.
+    fn put_resumes(&self, offset: u64, data: &[u8]) {
+        let out = self.loud(&["put", "big.bin"]);
+        assert_success(&out, "ftpc put (resume)");
+        let note = format!("resuming at {}", format_size(offset));
+        assert!(stderr(&out).contains(&note), "{}", stderr(&out));
+        assert_content(&self.home().join("big.bin"), data);
+        self.assert_no_partials();
+        self.assert_quota_exact();
+    }
+
     fn ok(&self, args: &[&str]) -> Output {
         let out = self.ftpc(args);
         assert_success(&out, &format!("ftpc {}", args.join(" ")));
@@ -1088,13 +1100,7 @@ fn an_upload_survives_a_server_crash_and_resumes_after_restart() {
     env.assert_quota_exact();
     assert_eq!(env.quota().used, cut as u64);
 
-    let out = env.loud(&["put", "big.bin"]);
-    assert_success(&out, "ftpc put after the restart");
-    let note = format!("resuming at {}", format_size(cut as u64));
-    assert!(stderr(&out).contains(&note), "{}", stderr(&out));
-    assert_content(&env.home().join("big.bin"), &data);
-    env.assert_no_partials();
-    env.assert_quota_exact();
+    env.put_resumes(cut as u64, &data);
 }
 
 #[test]
@@ -1232,13 +1238,7 @@ fn an_upload_ended_early_is_kept_for_resume() {
     assert_eq!(env.partial_len("big.bin"), cut as u64);
     env.assert_quota_exact();
 
-    let out = env.loud(&["put", "big.bin"]);
-    assert_success(&out, "ftpc put (resume)");
-    let note = format!("resuming at {}", format_size(cut as u64));
-    assert!(stderr(&out).contains(&note), "{}", stderr(&out));
-    assert_content(&env.home().join("big.bin"), &data);
-    env.assert_no_partials();
-    env.assert_quota_exact();
+    env.put_resumes(cut as u64, &data);
 }
 
 #[test]
@@ -1261,13 +1261,7 @@ fn a_stalled_upload_is_dropped_and_kept_for_resume() {
     assert_eq!(env.partial_len("big.bin"), cut as u64);
     env.assert_quota_exact();
 
-    let out = env.loud(&["put", "big.bin"]);
-    assert_success(&out, "ftpc put (resume)");
-    let note = format!("resuming at {}", format_size(cut as u64));
-    assert!(stderr(&out).contains(&note), "{}", stderr(&out));
-    assert_content(&env.home().join("big.bin"), &data);
-    env.assert_no_partials();
-    env.assert_quota_exact();
+    env.put_resumes(cut as u64, &data);
 }
 
 #[test]
