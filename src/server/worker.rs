@@ -12,6 +12,9 @@ use std::thread;
 
 use mio::Waker;
 
+/// Nice value of the helper threads (the reactor keeps the process's).
+const HELPER_NICENESS: i32 = 10;
+
 /// A unit of blocking work; returns its result for the reactor.
 pub type Job<T> = Box<dyn FnOnce() -> T + Send>;
 
@@ -48,6 +51,11 @@ impl<T: Send + 'static> Worker<T> {
             let handle = thread::Builder::new()
                 .name(format!("ftpd-disk-{i}"))
                 .spawn(move || {
+                    // Syncing and deleting burn kernel CPU; at a lower
+                    // priority they never delay the reactor's requests on
+                    // a machine with few cores. Not fatal if refused.
+                    let tid = rustix::thread::gettid();
+                    let _ = rustix::process::setpriority_process(Some(tid), HELPER_NICENESS);
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = match jobs_rx.lock() {
