@@ -235,6 +235,28 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_frame_holds_at_most_one_batch() {
+        use crate::proto::{Entry, EntryKind, LIST_BATCH};
+        let entry = Entry {
+            name: String::new(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 0,
+        };
+        let full = encode(&Reply::Entries(vec![entry.clone(); LIST_BATCH])).unwrap();
+        assert!(matches!(
+            decode::<Reply>(&full),
+            Ok(Some((Reply::Entries(v), _))) if v.len() == LIST_BATCH
+        ));
+        // One more is refused: 4 bytes on the wire would be 48 in memory.
+        let over = encode(&Reply::Entries(vec![entry; LIST_BATCH + 1])).unwrap();
+        assert!(matches!(
+            decode::<Reply>(&over),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn chunk_header_matches_postcard() {
         for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 128 * 1024] {
             let payload = vec![0xab; len];

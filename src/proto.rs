@@ -195,8 +195,10 @@ pub enum Reply<'a> {
     Cwd(String),
     /// Answer to `Stat`.
     Entry(Entry),
-    /// A piece of a listing.
-    Entries(Vec<Entry>),
+    /// A piece of a listing: at most [`LIST_BATCH`] entries, which the
+    /// decoder enforces, so a frame never expands to more than a frame's
+    /// worth of memory.
+    Entries(#[serde(deserialize_with = "batch_of_entries")] Vec<Entry>),
     /// End of a listing.
     ListEnd { total: u64, truncated: bool },
     /// Answer to `Quota`.
@@ -310,4 +312,43 @@ impl QuotaInfo {
         self.limit
             .saturating_sub(self.used.saturating_add(self.reserved))
     }
+}
+
+/// Decodes the entries of one `Entries` frame, refusing more than
+/// [`LIST_BATCH`]: a 4-byte entry on the wire is some 48 bytes in memory,
+/// and a sender may claim any count, so neither the count nor the frame
+/// size may decide how much is allocated.
+fn batch_of_entries<'de, D>(decoder: D) -> Result<Vec<Entry>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Batch;
+
+    impl<'de> serde::de::Visitor<'de> for Batch {
+        type Value = Vec<Entry>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {LIST_BATCH} directory entries")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Entry>, A::Error> {
+            let claimed = seq.size_hint().unwrap_or(0);
+            if claimed > LIST_BATCH {
+                return Err(serde::de::Error::invalid_length(claimed, &self));
+            }
+            let mut entries = Vec::with_capacity(claimed);
+            while let Some(entry) = seq.next_element()? {
+                if entries.len() == LIST_BATCH {
+                    return Err(serde::de::Error::invalid_length(entries.len() + 1, &self));
+                }
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+
+    decoder.deserialize_seq(Batch)
 }

@@ -52,14 +52,11 @@ fn request_decode_stays_within_one_frame() {
     }
 }
 
-/// `Reply::Entries` (tag 8) claiming 20 000 entries in a 20 KB frame: serde
-/// reserves room for the claimed entries (48 bytes each in memory, 4 on
-/// the wire at the least) before reading one, so the client holds about
-/// 1 MiB, eight times the frame cap, for any frame over 21 KB.
+/// `Reply::Entries` (tag 8) claiming 20 000 entries in a 20 KB frame: an
+/// entry is 4 bytes on the wire at the least and 48 in memory, so the
+/// decoder refuses more than LIST_BATCH per frame, before reserving room
+/// for a claimed count.
 #[test]
-#[ignore = "bug: decoding Reply::Entries reserves up to 1 MiB (serde's cautious size hint \
-            times size_of::<Entry>()) for a frame of ~20 KB; the frame cap does not bound \
-            what a client allocates"]
 fn reply_decode_stays_within_one_frame() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for count in [20_000, MAX_FRAME - 8] {
