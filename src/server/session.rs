@@ -809,7 +809,7 @@ pub fn abandon(st: &mut State, ctx: &mut Ctx) {
         Phase::PutOffered(up) | Phase::Receiving(up) => {
             transfer::abort_upload(ctx, *up, "abandoned");
         }
-        Phase::Sending(down) => transfer::log_download(st, ctx, &down, "abandoned"),
+        Phase::Sending(down) => transfer::log_download(st, &down, "abandoned"),
         other => st.phase = other,
     }
 }

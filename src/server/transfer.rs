@@ -653,7 +653,7 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
         let crc32 = down.hasher.clone().finalize();
         ctx.send(tx, &Reply::GetDone { crc32 });
         if let Phase::Sending(down) = std::mem::replace(&mut st.phase, Phase::Ready) {
-            log_download(st, ctx, &down, "ok");
+            log_download(st, &down, "ok");
         }
     }
     queued
@@ -668,7 +668,7 @@ fn end_download(
 ) -> usize {
     ctx.send_error(tx, code, message);
     if let Phase::Sending(down) = std::mem::replace(&mut st.phase, Phase::Ready) {
-        log_download(st, ctx, &down, message);
+        log_download(st, &down, message);
     }
     0
 }
@@ -688,7 +688,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// One access-log line for a finished or failed download.
-pub fn log_download(st: &State, _ctx: &Ctx, down: &Download, outcome: &str) {
+pub fn log_download(st: &State, down: &Download, outcome: &str) {
     let secs = down.began.elapsed().as_secs_f64();
     let moved = down.sent - down.start;
     log!(
