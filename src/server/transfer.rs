@@ -490,20 +490,9 @@ fn discard_upload(st: &State, ctx: &mut Ctx, up: Box<Upload>, why: &str) {
 }
 
 fn log_upload(st: &State, up: &Upload, outcome: &str) {
-    let secs = up.began.elapsed().as_secs_f64();
     let moved = up.written - up.start;
-    log!(
-        Info,
-        "transfer user={} addr={} dir=put path={} bytes={} secs={:.3} rate={}/s crc32={:08x} outcome={}",
-        up.user,
-        st.peer,
-        up.path,
-        moved,
-        secs,
-        format_size((moved as f64 / secs.max(1e-6)) as u64),
-        up.hasher.clone().finalize(),
-        outcome
-    );
+    let crc = up.hasher.clone().finalize();
+    log_transfer(st, "put", &up.path, moved, up.began, crc, outcome);
 }
 
 /// `GetStart`: open the file and, when resuming, check the client's prefix.
@@ -689,18 +678,28 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// One access-log line for a finished or failed download.
 pub fn log_download(st: &State, down: &Download, outcome: &str) {
-    let secs = down.began.elapsed().as_secs_f64();
     let moved = down.sent - down.start;
+    let crc = down.hasher.clone().finalize();
+    log_transfer(st, "get", &down.path, moved, down.began, crc, outcome);
+}
+
+/// The access-log line of a transfer: who, from where, what, how much, how
+/// fast, its CRC32 and how it ended.
+fn log_transfer(
+    st: &State,
+    dir: &str,
+    path: &VPath,
+    moved: u64,
+    began: Instant,
+    crc: u32,
+    outcome: &str,
+) {
+    let secs = began.elapsed().as_secs_f64();
     log!(
         Info,
-        "transfer user={} addr={} dir=get path={} bytes={} secs={:.3} rate={}/s crc32={:08x} outcome={}",
-        st.login.as_ref().map_or("-", |l| l.user.as_str()),
+        "transfer user={} addr={} dir={dir} path={path} bytes={moved} secs={secs:.3} rate={}/s crc32={crc:08x} outcome={outcome}",
+        st.user(),
         st.peer,
-        down.path,
-        moved,
-        secs,
         format_size((moved as f64 / secs.max(1e-6)) as u64),
-        down.hasher.clone().finalize(),
-        outcome
     );
 }
