@@ -39,7 +39,7 @@ pub use self::guard::GuardConfig;
 use self::guard::LoginGuard;
 use self::session::{Ctx, JobResult};
 use self::timers::Timers;
-use self::worker::Worker;
+use self::worker::{Lane, Worker};
 use crate::buf::Buffer;
 use crate::log;
 use crate::proto::{ErrorCode, Reply};
@@ -220,6 +220,7 @@ impl Server {
         let ttl = self.ctx.accounts.partial_ttl();
         for (user, jail) in self.ctx.accounts.jails() {
             self.ctx.worker.submit(
+                Lane::Sync,
                 SERVER_JOB,
                 0,
                 Box::new(move || {

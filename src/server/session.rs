@@ -14,7 +14,7 @@ use super::accounts::Accounts;
 use super::fds::FdBudget;
 use super::guard::LoginGuard;
 use super::transfer::{self, Download, Upload};
-use super::worker::Worker;
+use super::worker::{Lane, Worker};
 use crate::buf::Buffer;
 use crate::jail::{FsError, Jail, Published, VPath};
 use crate::log;
@@ -566,20 +566,23 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             let jail = Arc::clone(&login.jail);
             let user = login.user.clone();
             let job = move || JobResult::Freed(user, jail.remove_file(&p));
-            ctx.worker.submit(st.key, st.generation, Box::new(job));
+            ctx.worker
+                .submit(Lane::Sync, st.key, st.generation, Box::new(job));
             None
         }),
         Request::Rename { from, to } => rename_target(login, ctx, &from, &to).map(|(from, to)| {
             let jail = Arc::clone(&login.jail);
             let user = login.user.clone();
             let job = move || JobResult::Freed(user, jail.rename(&from, &to));
-            ctx.worker.submit(st.key, st.generation, Box::new(job));
+            ctx.worker
+                .submit(Lane::Sync, st.key, st.generation, Box::new(job));
             None
         }),
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
         Request::List { path } => resolve(login, &path).map(|p| {
             let jail = Arc::clone(&login.jail);
             ctx.worker.submit(
+                Lane::Read,
                 st.key,
                 st.generation,
                 Box::new(move || JobResult::Listed(jail.list(&p, MAX_LIST_ENTRIES))),

@@ -20,6 +20,7 @@ use crc32fast::Hasher;
 
 use super::fds::FileSlot;
 use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
+use super::worker::Lane;
 use crate::buf::Buffer;
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
 use crate::jail::{FsError, Jail, Published, VPath};
@@ -166,6 +167,7 @@ pub fn put_start(
         return offer_upload(st, tx, ctx, up, Ok(0));
     }
     ctx.worker.submit(
+        Lane::Read,
         st.key,
         st.generation,
         Box::new(move || {
@@ -364,6 +366,7 @@ pub fn put_end(
         return Phase::Ready;
     }
     ctx.worker.submit(
+        Lane::Sync,
         st.key,
         st.generation,
         Box::new(move || {
@@ -541,6 +544,7 @@ pub fn get_start(
         return begin_download(st, tx, ctx, down, Ok(0), 0);
     }
     ctx.worker.submit(
+        Lane::Read,
         st.key,
         st.generation,
         Box::new(move || {
