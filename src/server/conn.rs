@@ -62,7 +62,7 @@ fn handle_frames(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, src: &mut Buffe
             Err(e) => {
                 crate::log!(Info, "{}: bad frame: {e}", st.peer);
                 let message = format!("bad request: {e}");
-                session::refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
+                st.phase = session::refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
                 src.clear();
                 break;
             }

@@ -294,14 +294,20 @@ pub enum JobResult {
     Swept(String, std::io::Result<u64>),
 }
 
-/// Answers with an error and closes after the reply: for requests that
-/// break the protocol.
-pub fn refuse(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, code: ErrorCode, message: &str) {
+/// Answers with an error, ends what the session was doing, and returns the
+/// phase that closes after the reply: for requests that break the protocol.
+pub fn refuse(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    code: ErrorCode,
+    message: &str,
+) -> Phase {
     ctx.send_error(tx, code, message);
     abandon(st, ctx);
-    st.phase = Phase::Closing {
+    Phase::Closing {
         until: ctx.now + LINGER,
-    };
+    }
 }
 
 /// Handles one request.
@@ -350,8 +356,7 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
                 ),
             };
             log!(Info, "{} {}: {message}; closing", st.peer, clean(st.user()));
-            refuse(st, tx, ctx, code, &message);
-            return;
+            refuse(st, tx, ctx, code, &message)
         }
     };
 }
@@ -414,15 +419,8 @@ fn login_start(
     nonce: &[u8],
 ) -> Phase {
     if user.is_empty() || user.len() > MAX_USER_LEN || !(16..=64).contains(&nonce.len()) {
-        st.phase = Phase::Login;
-        refuse(
-            st,
-            tx,
-            ctx,
-            ErrorCode::BadRequest,
-            "malformed login request",
-        );
-        return std::mem::replace(&mut st.phase, Phase::Waiting);
+        let message = "malformed login request";
+        return refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
     if let Err(locked) = ctx.guard.check(&user, st.peer.ip(), ctx.now) {
         log!(
@@ -598,10 +596,8 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             prefix_crc,
         } => return transfer::get_start(st, tx, ctx, &path, offset, prefix_crc, None),
         other => {
-            st.phase = Phase::Ready;
             let message = format!("unexpected {} now", request_name(&other));
-            refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
-            return std::mem::replace(&mut st.phase, Phase::Waiting);
+            return refuse(st, tx, ctx, ErrorCode::BadRequest, &message);
         }
     };
     match result {

@@ -259,8 +259,7 @@ pub fn put_from(
     if offset != up.written && offset != 0 {
         abort_upload(ctx, *up, "bad PutFrom");
         let message = "bad request: PutFrom must be 0 or the offered offset";
-        super::session::refuse(st, tx, ctx, ErrorCode::BadRequest, message);
-        return std::mem::replace(&mut st.phase, Phase::Waiting);
+        return super::session::refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
     let result = if offset == 0 && up.written > 0 {
         restart(ctx, &mut up)
