@@ -445,6 +445,28 @@ fn is_command(r: &Request) -> bool {
 
 /// A challenge with scrypt settings `ftpc` must refuse; returns the run and
 /// what the fake saw.
+/// Offers `kdf` and checks that ftpc refused it as a login or connection
+/// failure whose message holds every one of `words`, without sending a proof.
+fn assert_kdf_refused(kdf: KdfParams, words: &[&str]) -> (Run, Seen) {
+    let (run, seen) = offer_kdf(kdf);
+    assert!(
+        matches!(run.code(), Some(3 | 4)),
+        "{kdf:?}: {}",
+        run.describe()
+    );
+    assert!(
+        words.iter().all(|w| run.stderr.contains(w)),
+        "{kdf:?}: {}",
+        run.describe()
+    );
+    assert!(
+        !seen.got(is_proof),
+        "{kdf:?}: ftpc sent a proof: {:?}",
+        seen.requests
+    );
+    (run, seen)
+}
+
 fn offer_kdf(kdf: KdfParams) -> (Run, Seen) {
     let fake = Fake::start(move |peer| {
         peer.hello();
@@ -474,22 +496,7 @@ fn weak_scrypt_settings_are_refused_before_any_proof() {
             p: 0,
         },
     ] {
-        let (run, seen) = offer_kdf(kdf);
-        assert!(
-            matches!(run.code(), Some(3 | 4)),
-            "{kdf:?}: {}",
-            run.describe()
-        );
-        assert!(
-            run.stderr.contains("weak key derivation") && run.stderr.contains("refusing"),
-            "{kdf:?}: {}",
-            run.describe()
-        );
-        assert!(
-            !seen.got(is_proof),
-            "{kdf:?}: ftpc sent a proof: {:?}",
-            seen.requests
-        );
+        let (_, seen) = assert_kdf_refused(kdf, &["weak key derivation", "refusing"]);
         assert!(!seen.got(is_command), "{:?}", seen.requests);
     }
 }
@@ -527,22 +534,7 @@ fn huge_scrypt_settings_are_refused_before_computing() {
             p: 1,
         },
     ] {
-        let (run, seen) = offer_kdf(kdf);
-        assert!(
-            matches!(run.code(), Some(3 | 4)),
-            "{kdf:?}: {}",
-            run.describe()
-        );
-        assert!(
-            run.stderr.contains("too expensive key derivation"),
-            "{kdf:?}: {}",
-            run.describe()
-        );
-        assert!(
-            !seen.got(is_proof),
-            "{kdf:?}: ftpc sent a proof: {:?}",
-            seen.requests
-        );
+        let (run, _) = assert_kdf_refused(kdf, &["too expensive key derivation"]);
         // Not a timing assertion (see RUN_LIMIT); a run that derived a key
         // of this size would not have finished at all.
         assert!(run.peak_kib < 256 * 1024, "{kdf:?}: peak {}", run.peak_kib);
