@@ -20,6 +20,11 @@ pub enum Io {
     Eof(usize),
 }
 
+/// Appending would take a buffer past its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("buffer full")]
+pub struct Full;
+
 /// Bytes a read asks the socket for at least, so small requests do not cost
 /// a syscall each.
 const READ_MIN: usize = 16 * 1024;
@@ -109,10 +114,16 @@ impl Buffer {
         }
     }
 
-    /// Appends bytes; the caller checks the cap (see [`Buffer::room`]).
-    pub fn extend(&mut self, src: &[u8]) {
+    /// Appends bytes, or refuses (leaving the buffer as it was) if they
+    /// would take it past its cap: the cap is enforced here, where the
+    /// memory is taken, not left to callers.
+    pub fn extend(&mut self, src: &[u8]) -> Result<(), Full> {
+        if src.len() > self.room() {
+            return Err(Full);
+        }
         self.spare(src.len())[..src.len()].copy_from_slice(src);
         self.commit(src.len());
+        Ok(())
     }
 
     /// Writable space of at least `n` bytes after the data; fill it, then
@@ -288,7 +299,7 @@ mod tests {
     #[test]
     fn partial_writes_keep_the_remainder() {
         let mut buf = Buffer::with_cap(1024);
-        buf.extend(b"hello world");
+        buf.extend(b"hello world").unwrap();
         let mut dst = Slow {
             got: Vec::new(),
             limit: 3,
@@ -303,9 +314,19 @@ mod tests {
     }
 
     #[test]
+    fn extend_refuses_past_the_cap() {
+        let mut buf = Buffer::with_cap(8);
+        buf.extend(b"12345").unwrap();
+        assert_eq!(buf.extend(b"6789"), Err(Full));
+        assert_eq!(buf.data(), b"12345");
+        buf.extend(b"678").unwrap();
+        assert!(buf.is_full());
+    }
+
+    #[test]
     fn empty_buffer_releases_memory() {
         let mut buf = Buffer::with_cap(1 << 20);
-        buf.extend(&[1; 5000]);
+        buf.extend(&[1; 5000]).unwrap();
         assert!(buf.allocated() >= 5000);
         buf.consume(5000);
         assert_eq!(buf.allocated(), 0);
@@ -314,10 +335,10 @@ mod tests {
     #[test]
     fn compaction_keeps_order() {
         let mut buf = Buffer::with_cap(1 << 20);
-        buf.extend(b"0123456789");
+        buf.extend(b"0123456789").unwrap();
         buf.consume(7);
         buf.spare(100);
-        buf.extend(b"ab");
+        buf.extend(b"ab").unwrap();
         assert_eq!(buf.data(), b"789ab");
     }
 
@@ -325,7 +346,7 @@ mod tests {
     fn kept_memory_survives_emptying() {
         let mut buf = Buffer::with_cap(1 << 20);
         buf.set_keep(true);
-        buf.extend(&[1; 5000]);
+        buf.extend(&[1; 5000]).unwrap();
         buf.consume(5000);
         assert!(buf.allocated() >= 5000);
         buf.set_keep(false);

@@ -26,6 +26,13 @@ pub enum FrameError {
     Trailing(usize),
 }
 
+/// The body length a frame at the front of `src` declares, once its header
+/// has arrived; lets a caller apply a tighter limit than [`MAX_FRAME`].
+pub fn declared_len(src: &[u8]) -> Option<usize> {
+    src.first_chunk::<HEADER_LEN>()
+        .map(|header| u32::from_be_bytes(*header) as usize)
+}
+
 /// Decodes one frame from the front of `src`.
 ///
 /// Returns `Ok(None)` while the frame is incomplete, or the message and the

@@ -8,6 +8,7 @@ mod files;
 mod hostile;
 mod load;
 mod login;
+mod memory;
 mod props;
 mod protocol;
 mod transfer;

@@ -489,7 +489,10 @@ impl State {
             let message = format!("cannot encode a request: {e}");
             return Err(self.fail(cx, FailKind::Protocol, message));
         }
-        self.tx.extend(&cx.scratch);
+        if self.tx.extend(&cx.scratch).is_err() {
+            let message = "request does not fit the send buffer".to_string();
+            return Err(self.fail(cx, FailKind::Protocol, message));
+        }
         Ok(())
     }
 

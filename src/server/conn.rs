@@ -26,13 +26,25 @@ use crate::buf::{Buffer, Io};
 use crate::frame;
 use crate::proto::{ErrorCode, MAX_FRAME, Request};
 
-/// Receive buffer cap: one whole frame plus room to read the next header,
-/// so a maximal frame never deadlocks and nothing grows beyond this.
+/// Receive buffer cap once logged in: one whole frame plus room to read the
+/// next header, so a maximal frame never deadlocks and nothing grows beyond
+/// this.
 pub const RX_CAP: usize = MAX_FRAME + 16 * 1024;
+
+/// Largest frame accepted before login. The messages of that phase (Hello,
+/// LoginStart, LoginProof, Ping) take well under 200 bytes, so a peer that
+/// has proved nothing cannot make the server hold more than this.
+const PRE_LOGIN_FRAME: usize = 512;
+
+/// Receive buffer cap before login: one frame and its header.
+const PRE_LOGIN_RX: usize = PRE_LOGIN_FRAME + frame::HEADER_LEN;
 
 /// Above this many unsent bytes no further request is read: a client that
 /// does not read its replies is throttled, not buffered without limit.
-pub const TX_HIGH: usize = 64 * 1024;
+const TX_HIGH: usize = 64 * 1024;
+
+/// The same before login, where every reply is a few hundred bytes.
+const PRE_LOGIN_TX_HIGH: usize = 2 * 1024;
 
 /// Send buffer cap while a download streams; pumping stops below it.
 pub const TX_XFER: usize = 1024 * 1024;
@@ -40,11 +52,66 @@ pub const TX_XFER: usize = 1024 * 1024;
 /// Bytes one connection may move in one turn before others get theirs.
 const TURN_BUDGET: usize = 1024 * 1024;
 
-/// Decodes and handles every complete frame in `src`, within limits;
-/// returns the bytes used.
-fn handle_frames(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, src: &mut Buffer) -> usize {
+/// Requests one connection may have handled in one turn before others get
+/// theirs: bytes alone do not bound a turn, since a flood of tiny requests
+/// is mostly work, not bytes.
+const TURN_REQUESTS: usize = 64;
+
+/// What a connection may hold in its current phase.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Largest frame body accepted.
+    frame: usize,
+    /// Receive buffer cap (also bounds a single read, so what is left
+    /// over after handling always fits).
+    rx: usize,
+    /// Requests are read only while fewer unsent bytes wait.
+    tx_high: usize,
+    /// Send buffer cap: `tx_high` plus one reply, or the streaming cap.
+    tx_cap: usize,
+}
+
+impl Limits {
+    fn of(st: &State) -> Limits {
+        if st.login.is_none() {
+            Limits {
+                frame: PRE_LOGIN_FRAME,
+                rx: PRE_LOGIN_RX,
+                tx_high: PRE_LOGIN_TX_HIGH,
+                // Replies before login are short messages; one frame of
+                // slack is generous.
+                tx_cap: PRE_LOGIN_TX_HIGH + PRE_LOGIN_RX,
+            }
+        } else {
+            Limits {
+                frame: MAX_FRAME,
+                rx: RX_CAP,
+                tx_high: TX_HIGH,
+                tx_cap: if st.phase.is_streaming() {
+                    TX_XFER
+                } else {
+                    TX_HIGH + MAX_FRAME + frame::HEADER_LEN
+                },
+            }
+        }
+    }
+}
+
+/// Decodes and handles every complete frame in `src`, within the phase's
+/// limits and the turn's request budget; returns the bytes used.
+fn handle_frames(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    src: &mut Buffer,
+    requests: &mut usize,
+) -> usize {
     let mut used = 0;
-    while st.phase.wants_input() && tx.len() < TX_HIGH {
+    loop {
+        let limits = Limits::of(st);
+        if !st.phase.wants_input() || tx.len() >= limits.tx_high || *requests == 0 {
+            break;
+        }
         if matches!(st.phase, Phase::Closing { .. }) {
             // Lingering: input is read only so the peer sees our last
             // reply instead of a reset.
@@ -52,11 +119,25 @@ fn handle_frames(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, src: &mut Buffe
             src.clear();
             break;
         }
-        match frame::decode::<Request>(src.data()) {
+        let too_large = frame::declared_len(src.data()).filter(|&len| len > limits.frame);
+        let decoded = match too_large {
+            Some(len) => Err(format!(
+                "frame of {len} bytes is over the limit of {} bytes{}",
+                limits.frame,
+                if st.login.is_none() {
+                    " before login"
+                } else {
+                    ""
+                }
+            )),
+            None => frame::decode::<Request>(src.data()).map_err(|e| e.to_string()),
+        };
+        match decoded {
             Ok(Some((req, n))) => {
                 session::handle(st, tx, ctx, req);
                 src.consume(n);
                 used += n;
+                *requests -= 1;
             }
             Ok(None) => break,
             Err(e) => {
@@ -105,8 +186,8 @@ impl Conn {
     ) -> Conn {
         Conn {
             stream,
-            rx: Buffer::with_cap(RX_CAP),
-            tx: Buffer::with_cap(TX_HIGH),
+            rx: Buffer::with_cap(PRE_LOGIN_RX),
+            tx: Buffer::with_cap(PRE_LOGIN_TX_HIGH + PRE_LOGIN_RX),
             can_read: true,
             can_write: true,
             peer_eof: false,
@@ -120,14 +201,17 @@ impl Conn {
     /// read buffer (see [`Conn::read`]).
     pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> Drive {
         let mut budget = TURN_BUDGET;
+        let mut requests = TURN_REQUESTS;
         loop {
             let mut moved = 0;
-            match self.read(ctx, scratch) {
+            self.fit_buffers();
+            match self.read(ctx, scratch, &mut requests) {
                 Ok(n) => moved += n,
                 Err(e) => return self.io_failed("read", &e),
             }
-            moved += handle_frames(&mut self.st, &mut self.tx, ctx, &mut self.rx);
-            moved += session::pump(&mut self.st, &mut self.tx, ctx);
+            moved += handle_frames(&mut self.st, &mut self.tx, ctx, &mut self.rx, &mut requests);
+            let tx_high = Limits::of(&self.st).tx_high;
+            moved += session::pump(&mut self.st, &mut self.tx, ctx, tx_high);
             match self.write() {
                 Ok(n) => moved += n,
                 Err(e) => return self.io_failed("write", &e),
@@ -143,7 +227,7 @@ impl Conn {
                 return Drive::Idle;
             }
             budget = budget.saturating_sub(moved);
-            if budget == 0 {
+            if budget == 0 || requests == 0 {
                 return Drive::Again;
             }
         }
@@ -155,16 +239,29 @@ impl Conn {
     /// scratch buffer and whole frames are handled straight from it; only
     /// an unfinished frame is copied into the connection's own buffer. So
     /// a connection holds receive memory only while a frame is split across
-    /// reads.
-    fn read(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> io::Result<usize> {
+    /// reads. A read never takes more than the connection's own buffer could
+    /// hold, so whatever handling leaves over (it may stop early: replies
+    /// piling up, a job started, the turn's budget spent) always fits there.
+    fn read(
+        &mut self,
+        ctx: &mut Ctx,
+        scratch: &mut Buffer,
+        requests: &mut usize,
+    ) -> io::Result<usize> {
         if !self.can_read || self.peer_eof || !self.st.phase.wants_input() {
             return Ok(0);
         }
-        if self.tx.len() >= TX_HIGH {
+        let limits = Limits::of(&self.st);
+        if self.tx.len() >= limits.tx_high || *requests == 0 || self.rx.is_full() {
             return Ok(0);
         }
         let direct = self.rx.is_empty();
-        let into = if direct { &mut *scratch } else { &mut self.rx };
+        let into = if direct {
+            scratch.set_cap(self.rx.room());
+            &mut *scratch
+        } else {
+            &mut self.rx
+        };
         let n = match into.read_from(&mut self.stream)? {
             Io::Progress(n) => {
                 self.can_read = false;
@@ -177,24 +274,27 @@ impl Conn {
             }
         };
         if direct {
-            handle_frames(&mut self.st, &mut self.tx, ctx, scratch);
+            handle_frames(&mut self.st, &mut self.tx, ctx, scratch, requests);
             if !scratch.is_empty() {
-                self.rx.extend(scratch.data());
+                if self.rx.extend(scratch.data()).is_err() {
+                    // Cannot happen: the read was capped at the room left.
+                    crate::log!(Error, "{}: receive buffer overflow", self.st.peer);
+                    scratch.clear();
+                    return Err(io::ErrorKind::OutOfMemory.into());
+                }
                 scratch.clear();
             }
         }
         Ok(n)
     }
 
-    /// Sizes the buffers for what the session does now: a streaming reply
-    /// may queue more, and a transfer keeps its buffers' memory between
-    /// pieces.
+    /// Sizes the buffers for what the session does now: before login both
+    /// are small; a streaming reply may queue more; a transfer keeps its
+    /// buffers' memory between pieces.
     fn fit_buffers(&mut self) {
-        self.tx.set_cap(if self.st.phase.is_streaming() {
-            TX_XFER
-        } else {
-            TX_HIGH
-        });
+        let limits = Limits::of(&self.st);
+        self.tx.set_cap(limits.tx_cap);
+        self.rx.set_cap(limits.rx);
         let transferring = self.st.phase.is_transfer();
         self.tx.set_keep(transferring);
         self.rx.set_keep(transferring);

@@ -89,7 +89,7 @@ impl Harness {
     fn settle(&mut self, out: &mut Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            while session::pump(&mut self.st, &mut self.tx, &mut self.ctx) > 0 {}
+            while session::pump(&mut self.st, &mut self.tx, &mut self.ctx, 64 * 1024) > 0 {}
             // Drain as a reading client would, so streaming can go on.
             out.extend_from_slice(self.tx.data());
             self.tx.clear();

@@ -450,13 +450,10 @@ impl Server {
     }
 }
 
-/// Size of the shared receive space: several whole chunk frames per read,
-/// so a fast upload costs few syscalls. Only one exists, so its size costs
-/// nothing per connection.
-const SCRATCH: usize = 1024 * 1024;
-
 fn shared_scratch() -> Buffer {
-    let mut scratch = Buffer::with_cap(SCRATCH);
+    // Each read is capped at what the reading connection could hold (see
+    // `Conn::read`), so the scratch space never needs more than that.
+    let mut scratch = Buffer::with_cap(conn::RX_CAP);
     scratch.set_keep(true);
     scratch
 }

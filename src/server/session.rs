@@ -69,7 +69,13 @@ impl Ctx {
     pub fn send(&mut self, tx: &mut Buffer, reply: &Reply) {
         self.scratch.clear();
         match crate::frame::encode_into(reply, &mut self.scratch) {
-            Ok(()) => tx.extend(&self.scratch),
+            Ok(()) => {
+                if tx.extend(&self.scratch).is_err() {
+                    // Replies are queued only below the high-water mark and
+                    // the cap leaves room for one more, so this is a bug.
+                    log!(Error, "reply dropped: send buffer full");
+                }
+            }
             Err(e) => log!(Error, "reply not encodable: {e}"),
         }
         if self.scratch.capacity() > 64 * 1024 {
@@ -643,7 +649,9 @@ fn rename_target(
 }
 
 /// Fills the send buffer from a streaming reply; returns bytes queued.
-pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
+/// A listing queues while fewer than `tx_high` bytes wait (the
+/// connection's backpressure mark); a download fills what room is left.
+pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> usize {
     match &mut st.phase {
         Phase::Listing {
             entries,
@@ -651,7 +659,7 @@ pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
             truncated,
         } => {
             let before = tx.len();
-            while tx.len() < super::conn::TX_HIGH {
+            while tx.len() < tx_high {
                 let batch: Vec<Entry> = entries.by_ref().take(LIST_BATCH).collect();
                 if batch.is_empty() {
                     let end = Reply::ListEnd {

@@ -1,0 +1,147 @@
+//! What one connection can make the server hold: floods of requests from
+//! peers that never read their replies, before and after login, must not
+//! grow the server's memory past the README's limits table.
+
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use ftpd::frame;
+use ftpd::proto::{MAGIC, PROTOCOL_VERSION, Reply, Request};
+
+use crate::util::{DataDir, Raw, TestServer, rss_kib};
+
+/// A socket from `source` to `server` with a tiny receive window, so the
+/// server's replies back up at once.
+fn tiny_window_stream(source: IpAddr, server: SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let fd: OwnedFd =
+        rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    sockopt::set_socket_recv_buffer_size(&fd, 1024).expect("SO_RCVBUF");
+    rustix::net::bind(&fd, &SocketAddr::new(source, 0)).expect("bind source");
+    rustix::net::connect(&fd, &server).expect("connect");
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(true).expect("nonblocking");
+    stream
+}
+
+/// Writes `frame` over and over until the socket would block (the server
+/// stopped reading) or `limit` bytes went out; returns the bytes written.
+pub fn flood(stream: &mut TcpStream, frame: &[u8], limit: usize) -> usize {
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * (64 * 1024 / frame.len()))
+        .collect();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sent < limit && Instant::now() < deadline {
+        match stream.write(&burst) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                // Let the server take what it will, then try once more.
+                std::thread::sleep(Duration::from_millis(2));
+                match stream.write(&burst) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("flood write: {e}"),
+                }
+            }
+            Err(e) => panic!("flood write: {e}"),
+        }
+    }
+    sent
+}
+
+/// RSS once it has stopped moving (the server took what it will).
+pub fn settled_rss_kib(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = rss_kib(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// The server still answers a newcomer.
+pub fn still_serves(addr: SocketAddr) {
+    let mut raw = Raw::connect(addr);
+    raw.hello();
+    assert!(matches!(raw.call(&Request::Ping), Reply::Pong));
+}
+
+#[test]
+fn pings_before_login_from_peers_that_never_read_stay_small() {
+    const PER_ADDR: usize = 100;
+    let data = DataDir::new();
+    let server = TestServer::start(&data, &["--max-conns-per-ip", "256"]);
+    let pid = server.child.id();
+    still_serves(server.addr);
+    let before = settled_rss_kib(pid);
+    let hello = frame::encode(&Request::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+    })
+    .unwrap();
+    let ping = frame::encode(&Request::Ping).unwrap();
+    let mut streams = Vec::new();
+    let mut sent = 0;
+    for last in 2..=4u8 {
+        let source = IpAddr::from([127, 0, 0, last]);
+        for _ in 0..PER_ADDR {
+            let mut stream = tiny_window_stream(source, server.addr);
+            stream.write_all(&hello).expect("hello");
+            sent += flood(&mut stream, &ping, 4 << 20);
+            streams.push(stream);
+        }
+    }
+    let after = settled_rss_kib(pid);
+    let conns = streams.len() as u64;
+    let per_conn = after.saturating_sub(before) / conns;
+    eprintln!(
+        "{conns} flooding connections ({} MiB sent): RSS {before} -> {after} KiB, {per_conn} KiB each",
+        sent >> 20
+    );
+    // Before login a connection holds at most a 516-byte receive buffer
+    // and a 2.5 KiB reply buffer (README, limits table), plus its state.
+    assert!(per_conn <= 8, "{per_conn} KiB per connection before login");
+    still_serves(server.addr);
+}
+
+#[test]
+fn pings_after_login_from_sessions_that_never_read_stay_bounded() {
+    const SESSIONS: usize = 60;
+    let data = DataDir::new();
+    data.add_user("alice", "pw", None);
+    let server = TestServer::start(&data, &[]);
+    let pid = server.child.id();
+    still_serves(server.addr);
+    // Log in over ordinary sockets first, then flood from each.
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut raw = Raw::connect(server.addr);
+        raw.hello();
+        assert!(matches!(raw.login("alice", "pw"), Reply::LoginOk { .. }));
+        sessions.push(raw);
+    }
+    let before = settled_rss_kib(pid);
+    let ping = frame::encode(&Request::Ping).unwrap();
+    for raw in &mut sessions {
+        rustix::net::sockopt::set_socket_recv_buffer_size(&raw.stream, 1024).expect("SO_RCVBUF");
+        raw.stream.set_nonblocking(true).expect("nonblocking");
+        flood(&mut raw.stream, &ping, 8 << 20);
+    }
+    let after = settled_rss_kib(pid);
+    let per_conn = after.saturating_sub(before) / SESSIONS as u64;
+    eprintln!("{SESSIONS} flooding sessions: RSS {before} -> {after} KiB, {per_conn} KiB each");
+    // Logged in: a 145 KiB receive buffer and a reply buffer of 64 KiB
+    // plus one frame (README, limits table).
+    assert!(per_conn <= 340, "{per_conn} KiB per logged-in connection");
+    still_serves(server.addr);
+}
