@@ -1,18 +1,74 @@
-//! How many bytes a user's home holds, for quotas.
+//! How much of the disk a user's home takes, for quotas: the one rule for
+//! what an entry costs, and the recount that applies it to a whole tree.
+//!
+//! An entry costs what it really occupies, in whole blocks, and never less
+//! than one block, as `du` sees it: so empty files and folders are not
+//! free, and nobody can fill the inode table or the disk with them. A
+//! folder costs its own size (which grows with the names it holds), so
+//! long names and many entries are paid for too. The home itself is the
+//! administrator's: only what it grows beyond its first block counts.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{self, AtFlags, Dir, FileType, Mode, OFlags};
+use rustix::fs::{self, AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-/// Total apparent size (file lengths, not blocks) of the regular files under
-/// `dir`, at any depth, hidden ones included (unfinished uploads live in
-/// `.ftpd-partial/` and count against the quota).
+/// The unit of allocation charged: the block size of common filesystems
+/// (ext4, xfs, btrfs and tmpfs pages).
+pub const BLOCK: u64 = 4096;
+
+fn whole_blocks(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+/// What a regular file of `size` bytes costs.
+pub fn file_charge(size: u64) -> u64 {
+    whole_blocks(size).max(BLOCK)
+}
+
+/// What a folder whose size (as `stat` reports it) is `size` costs.
+pub fn dir_charge(size: u64) -> u64 {
+    whole_blocks(size).max(BLOCK)
+}
+
+/// What an entry costs, from its `lstat`: files and folders as above;
+/// symlinks and special files, which users cannot create, cost nothing.
+pub fn charge(st: &Stat) -> u64 {
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => file_charge(size),
+        FileType::Directory => dir_charge(size),
+        _ => 0,
+    }
+}
+
+/// What the top folder of a home costs: what it grew beyond its first block.
+pub fn home_charge(st: &Stat) -> u64 {
+    charge(st).saturating_sub(BLOCK)
+}
+
+/// A recount of a home.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// What everything below costs ([`charge`]), plus [`home_charge`].
+    pub bytes: u64,
+    /// Files and folders below the top, at any depth.
+    pub entries: u64,
+}
+
+/// [`tally`]'s bytes: what the tree under `dir` costs.
+pub fn disk_usage(dir: &Path) -> io::Result<u64> {
+    tally(dir).map(|u| u.bytes)
+}
+
+/// Recounts the tree under `dir` at any depth, hidden entries included
+/// (unfinished uploads live in `.ftpd-partial/` and count against the
+/// quota).
 ///
-/// Symlinks under `dir` are never followed or counted, so a link to a big
-/// file elsewhere costs nothing and a link loop cannot trap the walk; `dir`
+/// Symlinks under `dir` are never followed, so a link to a big file
+/// elsewhere costs nothing and a link loop cannot trap the walk; `dir`
 /// itself is opened as given. Entries that disappear during the walk (a
 /// user deleting files meanwhile) are skipped. Other errors, such as an
 /// unreadable folder, fail the walk and name the path.
@@ -21,14 +77,18 @@ use rustix::io::Errno;
 /// joined paths: a tree deeper than `PATH_MAX`, which users can build one
 /// folder at a time, is counted like any other. The explicit stack holds
 /// one descriptor per level being read.
-pub fn disk_usage(dir: &Path) -> io::Result<u64> {
+pub fn tally(dir: &Path) -> io::Result<Usage> {
     let root = fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| with_path(e.into(), dir))?;
-    let mut total: u64 = 0;
+    let top = fs::fstat(&root).map_err(|e| with_path(e.into(), dir))?;
+    let mut usage = Usage {
+        bytes: home_charge(&top),
+        entries: 0,
+    };
     let mut stack: Vec<(OwnedFd, Dir)> = Vec::new();
     let listing = Dir::read_from(&root).map_err(|e| with_path(e.into(), dir))?;
     stack.push((root, listing));
@@ -51,23 +111,24 @@ pub fn disk_usage(dir: &Path) -> io::Result<u64> {
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(with_path(e.into(), dir)),
         };
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => total = total.saturating_add(st.st_size as u64),
-            FileType::Directory => {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let sub = match fs::openat(&*fd, name, flags, Mode::empty()) {
-                    Ok(sub) => sub,
-                    // Gone, or swapped for a symlink since the stat: skip it.
-                    Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
-                    Err(e) => return Err(with_path(e.into(), dir)),
-                };
-                let listing = Dir::read_from(&sub).map_err(|e| with_path(e.into(), dir))?;
-                stack.push((sub, listing));
-            }
-            _ => {}
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if matches!(kind, FileType::RegularFile | FileType::Directory) {
+            usage.bytes = usage.bytes.saturating_add(charge(&st));
+            usage.entries += 1;
+        }
+        if kind == FileType::Directory {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let sub = match fs::openat(&*fd, name, flags, Mode::empty()) {
+                Ok(sub) => sub,
+                // Gone, or swapped for a symlink since the stat: skip it.
+                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
+                Err(e) => return Err(with_path(e.into(), dir)),
+            };
+            let listing = Dir::read_from(&sub).map_err(|e| with_path(e.into(), dir))?;
+            stack.push((sub, listing));
         }
     }
-    Ok(total)
+    Ok(usage)
 }
 
 /// Adds the path to an error, keeping its kind for callers that match on it.
@@ -115,7 +176,8 @@ mod tests {
         )
         .unwrap();
         rustix::io::write(&file, b"0123456789").unwrap();
-        assert_eq!(disk_usage(home.path()).unwrap(), 10);
+        // 20 folders and one small file, a block each at least.
+        assert_eq!(tally(home.path()).unwrap().entries, 21);
     }
 
     #[test]
@@ -130,7 +192,10 @@ mod tests {
         write(&h.join(".ftpd-partial/upload"), 40);
         write(&h.join(".hidden"), 1);
         fs::create_dir(h.join("empty")).unwrap();
-        assert_eq!(disk_usage(h).unwrap(), 101);
+        let usage = tally(h).unwrap();
+        // a, .hidden, d, d/b, d/e, d/e/f, d/e/f/c, .ftpd-partial, its upload, empty
+        assert_eq!(usage.entries, 10);
+        assert!(usage.bytes >= 10 * BLOCK, "{usage:?}");
     }
 
     #[test]
@@ -147,7 +212,32 @@ mod tests {
         symlink(outside.path().join("dir"), h.join("dirlink")).unwrap();
         symlink(h, h.join("loop")).unwrap();
         symlink(h.join("missing"), h.join("dangling")).unwrap();
-        assert_eq!(disk_usage(h).unwrap(), 5);
+        // Only `mine` counts: one block.
+        assert_eq!(
+            tally(h).unwrap(),
+            Usage {
+                bytes: BLOCK,
+                entries: 1
+            }
+        );
+    }
+
+    #[test]
+    fn every_entry_costs_at_least_a_block() {
+        assert_eq!(file_charge(0), BLOCK);
+        assert_eq!(file_charge(1), BLOCK);
+        assert_eq!(file_charge(BLOCK), BLOCK);
+        assert_eq!(file_charge(BLOCK + 1), 2 * BLOCK);
+        assert_eq!(dir_charge(0), BLOCK);
+        // Saturates instead of overflowing.
+        assert_eq!(file_charge(u64::MAX), u64::MAX);
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        fs::write(h.join("empty"), b"").unwrap();
+        fs::create_dir(h.join("folder")).unwrap();
+        let usage = tally(h).unwrap();
+        assert_eq!(usage.entries, 2);
+        assert!(usage.bytes >= 2 * BLOCK, "{usage:?}");
     }
 
     #[test]
@@ -167,6 +257,6 @@ mod tests {
         }
         fs::create_dir_all(&path).unwrap();
         write(&path.join("f"), 7);
-        assert_eq!(disk_usage(tmp.path()).unwrap(), 7);
+        assert_eq!(tally(tmp.path()).unwrap().entries, 201);
     }
 }

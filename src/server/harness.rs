@@ -109,7 +109,7 @@ impl Harness {
                 Phase::Penalty { .. } => {
                     session::timeout(&mut self.st, &mut self.tx, &mut self.ctx);
                 }
-                Phase::Listing { .. } | Phase::Sending(_) => {}
+                Phase::Listing(_) | Phase::Sending(_) => {}
                 _ => return,
             }
         }

@@ -39,7 +39,7 @@ pub use self::guard::GuardConfig;
 use self::guard::LoginGuard;
 use self::session::{Ctx, JobResult};
 use self::timers::Timers;
-use self::worker::{Lane, Worker};
+use self::worker::{Lane, Step, Worker};
 use crate::buf::Buffer;
 use crate::log;
 use crate::proto::{ErrorCode, Reply};
@@ -85,7 +85,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Slab key of jobs that belong to the server, not to a connection.
-const SERVER_JOB: usize = usize::MAX;
+pub(crate) const SERVER_JOB: usize = usize::MAX;
 
 /// Events handled per poll.
 const EVENTS: usize = 1024;
@@ -218,16 +218,15 @@ impl Server {
     /// threads (an upload in progress writes its partial, so it stays young).
     fn sweep_partials(&mut self) {
         let ttl = self.ctx.accounts.partial_ttl();
-        for (user, jail) in self.ctx.accounts.jails() {
-            self.ctx.worker.submit(
-                Lane::Sync,
-                SERVER_JOB,
-                0,
-                Box::new(move || {
-                    let freed = jail.clean_stale_partials(ttl);
-                    JobResult::Swept(user, freed)
-                }),
-            );
+        for (user, jail, in_use) in self.ctx.accounts.sweep_list() {
+            let owner = user.clone();
+            let job = move || {
+                let freed = jail.clean_stale_partials(ttl, &in_use);
+                Step::Done(JobResult::Swept(user, freed))
+            };
+            self.ctx
+                .worker
+                .submit(Lane::Sync, &owner, SERVER_JOB, 0, Box::new(job));
         }
     }
 
@@ -419,8 +418,9 @@ impl Server {
             match signal {
                 SIGHUP => {
                     log!(Info, "SIGHUP: reloading the user file");
-                    if let Err(e) = self.ctx.accounts.reload() {
-                        log!(Error, "user file not reloaded: {e:#}");
+                    match self.ctx.accounts.reload() {
+                        Ok(new) => session::open_homes(&mut self.ctx, new),
+                        Err(e) => log!(Error, "user file not reloaded: {e:#}"),
                     }
                 }
                 _ => stop = true,

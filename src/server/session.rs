@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Config;
+use super::SERVER_JOB;
 use super::accounts::Accounts;
+use super::accounts::OpenedHome;
+use super::accounts::open_home;
 use super::fds::FdBudget;
 use super::guard::LoginGuard;
-use super::transfer::{self, Download, Upload};
-use super::worker::{Lane, Worker};
+use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
+use super::worker::{Job, Lane, Step, Worker};
 use crate::buf::Buffer;
-use crate::jail::{FsError, Jail, Published, VPath};
+use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, VPath};
 use crate::log;
 use crate::proto::{
     Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
@@ -122,12 +125,9 @@ pub enum Phase {
     Penalty { until: Instant, close: bool },
     /// Logged in, waiting for a command.
     Ready,
-    /// Streaming a listing.
-    Listing {
-        entries: std::vec::IntoIter<Entry>,
-        total: u64,
-        truncated: bool,
-    },
+    /// A listing paused until the client reads what was sent; its next
+    /// batch is read (on a helper thread) once there is room.
+    Listing(Box<Listing>),
     /// A disk job is running for this session; its result resumes it.
     Waiting,
     /// `PutReady` sent; waiting for `PutFrom`.
@@ -215,7 +215,7 @@ impl Phase {
             self,
             Phase::Penalty { .. }
                 | Phase::Waiting
-                | Phase::Listing { .. }
+                | Phase::Listing(_)
                 | Phase::Sending(_)
                 | Phase::Done
                 | Phase::Deferred(_)
@@ -224,7 +224,7 @@ impl Phase {
 
     /// Whether the server is streaming a long reply.
     pub fn is_streaming(&self) -> bool {
-        matches!(self, Phase::Listing { .. } | Phase::Sending(_))
+        matches!(self, Phase::Sending(_))
     }
 
     /// Whether file bytes are moving (buffers keep their memory meanwhile).
@@ -275,7 +275,7 @@ impl State {
             Phase::Penalty { until, .. } | Phase::Closing { until } => *until,
             Phase::Done => self.active + LINGER,
             Phase::Deferred(d) => d.until,
-            Phase::Ready | Phase::Listing { .. } | Phase::Waiting => self.active + cfg.idle_timeout,
+            Phase::Ready | Phase::Listing(_) | Phase::Waiting => self.active + cfg.idle_timeout,
             Phase::PutOffered(_) | Phase::Receiving(_) | Phase::Discarding | Phase::Sending(_) => {
                 self.active + cfg.stall_timeout
             }
@@ -287,17 +287,94 @@ impl State {
     }
 }
 
-/// Results of disk jobs, handed back to the session that asked.
+/// Results of disk jobs, handed back to the session that asked (or, for
+/// the server's own jobs and those of closed sessions, to [`orphaned`]).
 pub enum JobResult {
-    Listed(Result<(Vec<Entry>, u64, bool), FsError>),
+    /// The next batch of a listing.
+    Listed(Result<(Box<Listing>, Vec<Entry>), FsError>),
+    /// A command changed the tree (mkdir, rmdir, rm, mv): whose, what was
+    /// reserved for it, and what it did.
+    Changed {
+        user: String,
+        reserved: u64,
+        result: Result<Change, FsError>,
+    },
+    UploadOpened(Box<Opening>, Result<OpenedPartial, FsError>),
     UploadPrefix(Box<Upload>, std::io::Result<u32>),
-    Published(Box<Upload>, Result<Published, FsError>),
-    DownloadPrefix(Box<Download>, std::io::Result<u32>, u32),
-    /// A file was removed or replaced (by `rm` or `mv`): the user and the
-    /// bytes freed.
-    Freed(String, Result<u64, FsError>),
+    UploadRestarted(Box<Upload>, Result<Change, FsError>, Restarted),
+    Published(Box<Upload>, Publish),
+    DownloadPrefix(Box<Download>, std::io::Result<u32>),
+    /// A bad or empty partial was deleted (a server job).
+    PartialRemoved {
+        user: String,
+        path: VPath,
+        result: Result<Change, FsError>,
+    },
     /// Stale partial uploads of a user were deleted (a server job).
-    Swept(String, std::io::Result<u64>),
+    Swept(String, std::io::Result<Change>),
+    /// A user new to the user file has its home open and counted.
+    HomeOpened(String, std::io::Result<OpenedHome>),
+    /// A file was closed off the reactor (a server job).
+    Closed,
+}
+
+/// Reserved while a folder is created: its first block, and one for the
+/// parent folder growing to hold the name.
+const MKDIR_SLACK: u64 = 2 * crate::usage::BLOCK;
+
+/// Reserved while something is moved: the target folder may grow a block.
+const RENAME_SLACK: u64 = crate::usage::BLOCK;
+
+/// Opens the homes of users new to the user file, on helper threads.
+pub fn open_homes(ctx: &mut Ctx, names: Vec<String>) {
+    for name in names {
+        let root = ctx.accounts.root().to_path_buf();
+        let ttl = ctx.accounts.partial_ttl();
+        let owner = name.clone();
+        let job = move || {
+            let opened = open_home(&root, &name, ttl);
+            Step::Done(JobResult::HomeOpened(name, opened))
+        };
+        ctx.worker
+            .submit(Lane::Sync, &owner, SERVER_JOB, 0, Box::new(job));
+    }
+}
+
+/// Runs a change to the user's tree on a helper thread, with `slack`
+/// reserved for what it may add; the result replies.
+fn change_tree(
+    ctx: &mut Ctx,
+    key: usize,
+    generation: u64,
+    login: &LoggedIn,
+    slack: u64,
+    op: impl FnOnce(&Jail) -> Result<Change, FsError> + Send + 'static,
+) -> Result<Option<Reply<'static>>, FsError> {
+    ctx.accounts
+        .reserve(&login.user, slack)
+        .map_err(|(code, message)| FsError { code, message })?;
+    let jail = Arc::clone(&login.jail);
+    let user = login.user.clone();
+    let job = move || {
+        let result = op(&jail);
+        Step::Done(JobResult::Changed {
+            user,
+            reserved: slack,
+            result,
+        })
+    };
+    ctx.worker
+        .submit(Lane::Sync, &login.user, key, generation, Box::new(job));
+    Ok(None)
+}
+
+/// Reads a listing's next batch on a helper thread.
+fn list_next(listing: Box<Listing>) -> Job<JobResult> {
+    Box::new(move || {
+        let mut listing = listing;
+        let result = listing.next_batch(LIST_BATCH);
+        Step::Done(JobResult::Listed(result.map(|batch| (listing, batch))))
+    })
 }
 
 /// Answers with an error, ends what the session was doing, and returns the
@@ -442,7 +519,8 @@ fn login_start(
         ctx.send_error(tx, ErrorCode::LockedOut, &message);
         return Phase::Login;
     }
-    ctx.accounts.refresh();
+    let new = ctx.accounts.refresh();
+    open_homes(ctx, new);
     let creds = ctx.accounts.credentials(&user);
     let mut server_nonce = [0u8; NONCE_LEN];
     if scram::fill_random(&mut server_nonce).is_err() {
@@ -499,6 +577,12 @@ fn login_proof(
         };
     }
     let max = ctx.cfg.max_sessions_per_user;
+    if ctx.accounts.is_pending(&ch.user) {
+        // A user just added: the home is being opened on a helper thread.
+        let message = "your home folder is being prepared; try again in a moment";
+        ctx.send_error(tx, ErrorCode::Unavailable, message);
+        return Phase::Login;
+    }
     let Some(acc) = ctx.accounts.get_mut(&ch.user) else {
         ctx.send_error(tx, ErrorCode::Internal, "account not loaded");
         return Phase::Login;
@@ -542,6 +626,7 @@ pub fn resolve(login: &LoggedIn, path: &str) -> Result<VPath, FsError> {
 
 /// A logged-in command.
 fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phase {
+    let (key, generation) = (st.key, st.generation);
     let Some(login) = st.login.as_mut() else {
         ctx.send_error(tx, ErrorCode::NotLoggedIn, "log in first");
         return Phase::Login;
@@ -557,40 +642,30 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             resolve(login, &path).and_then(|p| Ok(Some(Reply::Entry(login.jail.stat(&p)?))))
         }
         Request::Mkdir { path } => resolve(login, &path).and_then(|p| {
-            login.jail.mkdir(&p)?;
-            Ok(Some(Reply::Ok))
+            change_tree(ctx, key, generation, login, MKDIR_SLACK, move |jail| {
+                jail.mkdir(&p)
+            })
         }),
-        Request::Rmdir { path } => resolve(login, &path).and_then(|p| {
-            login.jail.rmdir(&p)?;
-            Ok(Some(Reply::Ok))
-        }),
-        // Deleting (or replacing) a big file frees its pages inside the
-        // syscall, which takes milliseconds: done on a disk thread.
-        Request::Remove { path } => resolve(login, &path).map(|p| {
-            let jail = Arc::clone(&login.jail);
-            let user = login.user.clone();
-            let job = move || JobResult::Freed(user, jail.remove_file(&p));
-            ctx.worker
-                .submit(Lane::Sync, st.key, st.generation, Box::new(job));
-            None
-        }),
-        Request::Rename { from, to } => rename_target(login, ctx, &from, &to).map(|(from, to)| {
-            let jail = Arc::clone(&login.jail);
-            let user = login.user.clone();
-            let job = move || JobResult::Freed(user, jail.rename(&from, &to));
-            ctx.worker
-                .submit(Lane::Sync, st.key, st.generation, Box::new(job));
-            None
-        }),
+        Request::Rmdir { path } => resolve(login, &path)
+            .and_then(|p| change_tree(ctx, key, generation, login, 0, move |j| j.rmdir(&p))),
+        Request::Remove { path } => resolve(login, &path)
+            .and_then(|p| change_tree(ctx, key, generation, login, 0, move |j| j.remove_file(&p))),
+        Request::Rename { from, to } => {
+            rename_target(login, ctx, &from, &to).and_then(|(from, to)| {
+                change_tree(ctx, key, generation, login, RENAME_SLACK, move |jail| {
+                    jail.rename(&from, &to)
+                })
+            })
+        }
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
         Request::List { path } => resolve(login, &path).map(|p| {
             let jail = Arc::clone(&login.jail);
-            ctx.worker.submit(
-                Lane::Read,
-                st.key,
-                st.generation,
-                Box::new(move || JobResult::Listed(jail.list(&p, MAX_LIST_ENTRIES))),
-            );
+            let job = move || match jail.open_listing(&p, MAX_LIST_ENTRIES) {
+                Ok(listing) => list_next(Box::new(listing))(),
+                Err(e) => Step::Done(JobResult::Listed(Err(e))),
+            };
+            ctx.worker
+                .submit(Lane::Read, &login.user, key, generation, Box::new(job));
             None
         }),
         Request::PutStart { path, size, resume } => {
@@ -652,27 +727,14 @@ fn rename_target(
 /// A listing queues while fewer than `tx_high` bytes wait (the
 /// connection's backpressure mark); a download fills what room is left.
 pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> usize {
-    match &mut st.phase {
-        Phase::Listing {
-            entries,
-            total,
-            truncated,
-        } => {
-            let before = tx.len();
-            while tx.len() < tx_high {
-                let batch: Vec<Entry> = entries.by_ref().take(LIST_BATCH).collect();
-                if batch.is_empty() {
-                    let end = Reply::ListEnd {
-                        total: *total,
-                        truncated: *truncated,
-                    };
-                    ctx.send(tx, &end);
-                    st.phase = Phase::Ready;
-                    break;
-                }
-                ctx.send(tx, &Reply::Entries(batch));
+    match &st.phase {
+        Phase::Listing(_) if tx.len() < tx_high => {
+            if let Phase::Listing(listing) = std::mem::replace(&mut st.phase, Phase::Waiting) {
+                let user = st.user().to_owned();
+                ctx.worker
+                    .submit(Lane::Read, &user, st.key, st.generation, list_next(listing));
             }
-            tx.len().saturating_sub(before)
+            0
         }
         Phase::Sending(_) => transfer::pump_download(st, tx, ctx),
         _ => 0,
@@ -687,57 +749,101 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         return;
     }
     st.phase = match result {
-        JobResult::Listed(Ok((entries, total, truncated))) => Phase::Listing {
-            entries: entries.into_iter(),
-            total,
-            truncated,
-        },
+        JobResult::Listed(Ok((listing, batch))) => {
+            // Never an empty batch: a slice that only counted sends nothing.
+            if !batch.is_empty() {
+                ctx.send(tx, &Reply::Entries(batch));
+            }
+            if listing.finished() {
+                let end = Reply::ListEnd {
+                    total: listing.total(),
+                    truncated: listing.truncated(),
+                };
+                ctx.send(tx, &end);
+                Phase::Ready
+            } else {
+                Phase::Listing(listing)
+            }
+        }
         JobResult::Listed(Err(e)) => {
             ctx.send_error(tx, e.code, &e.message);
             Phase::Ready
         }
-        JobResult::Freed(user, result) => {
+        JobResult::Changed {
+            user,
+            reserved,
+            result,
+        } => {
+            ctx.accounts.release(&user, reserved);
             match result {
-                Ok(freed) => {
-                    ctx.accounts.adjust(&user, -(freed as i64), 0);
+                Ok(change) => {
+                    ctx.accounts.apply(&user, change);
                     ctx.send(tx, &Reply::Ok);
                 }
                 Err(e) => ctx.send_error(tx, e.code, &e.message),
             }
             Phase::Ready
         }
-        JobResult::UploadPrefix(up, crc) => transfer::offer_upload(st, tx, ctx, up, crc),
-        JobResult::Published(up, result) => transfer::published(st, tx, ctx, up, result),
-        JobResult::DownloadPrefix(down, crc, client_crc) => {
-            transfer::begin_download(st, tx, ctx, down, crc, client_crc)
+        JobResult::UploadOpened(opening, opened) => {
+            transfer::upload_opened(st, tx, ctx, *opening, opened)
         }
-        swept @ JobResult::Swept(..) => {
-            orphaned(ctx, swept);
+        JobResult::UploadPrefix(up, crc) => transfer::offer_upload(st, tx, ctx, up, crc),
+        JobResult::UploadRestarted(up, result, then) => {
+            transfer::restarted(st, tx, ctx, up, result, then)
+        }
+        JobResult::Published(up, outcome) => transfer::published(st, tx, ctx, up, outcome),
+        JobResult::DownloadPrefix(down, crc) => transfer::begin_download(st, tx, ctx, down, crc),
+        other => {
+            orphaned(ctx, other);
             Phase::Waiting
         }
     };
 }
 
-/// A job finished after its session closed: settle its bookkeeping.
+/// A job finished after its session closed, or a server job: settle its
+/// bookkeeping.
 pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
     match result {
-        JobResult::Listed(_) | JobResult::DownloadPrefix(..) => {}
-        JobResult::Freed(user, Ok(freed)) => ctx.accounts.adjust(&user, -(freed as i64), 0),
-        JobResult::Freed(_, Err(_)) => {}
-        JobResult::UploadPrefix(up, _) => transfer::abort_upload(ctx, *up, "connection closed"),
-        JobResult::Published(up, result) => transfer::settle_published(ctx, *up, &result),
-        JobResult::Swept(user, Ok(freed)) => {
-            if freed > 0 {
+        JobResult::Listed(_) | JobResult::Closed => {}
+        JobResult::Changed {
+            user,
+            reserved,
+            result,
+        } => {
+            ctx.accounts.release(&user, reserved);
+            if let Ok(change) = result {
+                ctx.accounts.apply(&user, change);
+            }
+        }
+        JobResult::UploadOpened(opening, opened) => transfer::orphan_opening(ctx, *opening, opened),
+        JobResult::UploadPrefix(up, _) => {
+            transfer::end_upload(ctx, *up, UploadEnd::Keep, "connection closed");
+        }
+        JobResult::UploadRestarted(up, result, _) => {
+            if let Ok(change) = result {
+                ctx.accounts.apply(up.user_name(), change);
+            }
+            transfer::end_upload(ctx, *up, UploadEnd::Keep, "connection closed");
+        }
+        JobResult::Published(up, outcome) => transfer::settle_published(ctx, *up, outcome),
+        JobResult::DownloadPrefix(down, _) => transfer::release_download(ctx, *down),
+        JobResult::PartialRemoved { user, path, result } => {
+            transfer::partial_removed(ctx, &user, &path, result);
+        }
+        JobResult::Swept(user, Ok(change)) => {
+            if change.bytes != 0 {
                 log!(
                     Info,
-                    "user {user}: removed stale partial uploads ({freed} bytes)"
+                    "user {user}: removed stale partial uploads ({} bytes)",
+                    change.bytes.unsigned_abs()
                 );
-                ctx.accounts.adjust(&user, -(freed as i64), 0);
             }
+            ctx.accounts.apply(&user, change);
         }
         JobResult::Swept(user, Err(e)) => {
             log!(Warn, "user {user}: sweeping partial uploads failed: {e}")
         }
+        JobResult::HomeOpened(user, opened) => ctx.accounts.opened(&user, opened),
     }
 }
 
@@ -776,7 +882,7 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
             st.active = ctx.now;
             st.phase = Phase::Waiting;
         }
-        phase @ (Phase::Ready | Phase::Listing { .. }) => {
+        phase @ (Phase::Ready | Phase::Listing(_)) => {
             st.phase = phase;
             let secs = ctx.cfg.idle_timeout.as_secs();
             log!(Info, "{} {} idle for {secs} s; closing", st.peer, st.user());
@@ -814,9 +920,9 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
 pub fn abandon(st: &mut State, ctx: &mut Ctx) {
     match std::mem::replace(&mut st.phase, Phase::Ready) {
         Phase::PutOffered(up) | Phase::Receiving(up) => {
-            transfer::abort_upload(ctx, *up, "abandoned");
+            transfer::end_upload(ctx, *up, UploadEnd::Keep, "abandoned");
         }
-        Phase::Sending(down) => transfer::log_download(st, &down, "abandoned"),
+        Phase::Sending(down) => transfer::end_download(st, ctx, *down, "abandoned"),
         other => st.phase = other,
     }
 }

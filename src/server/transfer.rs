@@ -1,14 +1,22 @@
 //! Uploads and downloads: quota reservation, partial files, CRC32 checks,
 //! atomic publish, resume, and streaming through the send buffer.
 //!
-//! Upload bookkeeping: `PutStart` reserves the bytes still to come. Each
-//! chunk written moves its bytes from "reserved" to "used" (a partial file
-//! counts as stored). Publishing subtracts the file it replaced; any end,
-//! however it happens, hands back what is still reserved.
+//! Upload bookkeeping: `PutStart` reserves a little for opening the
+//! partial, then what the rest of the file will cost ([`usage::file_charge`])
+//! plus a block for the folder it lands in. Each chunk written moves the
+//! cost it adds from "reserved" to "used" (a partial counts as stored).
+//! Every way an upload ends goes through [`end_upload`], which does the
+//! file work and hands back what is still reserved.
+//!
+//! Everything that changes the tree (opening, emptying, publishing or
+//! deleting a partial) runs on a helper thread under the home's tree lock;
+//! the reactor only writes chunks into the open partial and reads chunks
+//! out of an open file.
 //!
 //! What happens to the partial file: kept for resume when the client goes
-//! away, stalls, or ends early; deleted when its data is known bad (CRC32
-//! mismatch, more bytes than announced) or the disk failed under it.
+//! away, stalls, or ends early, or when publishing is refused (the target
+//! folder moved away meanwhile); deleted when its data is known bad (CRC32
+//! mismatch, more bytes than announced, a failed write or sync).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -18,15 +26,42 @@ use std::time::{Duration, Instant};
 
 use crc32fast::Hasher;
 
+use super::SERVER_JOB;
 use super::fds::FileSlot;
 use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
-use super::worker::Lane;
+use super::worker::{Job, Lane, Step};
 use crate::buf::Buffer;
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
-use crate::jail::{FsError, Jail, Published, VPath};
+use crate::jail::{Change, FileId, FsError, Jail, OpenedPartial, PublishError, Published, VPath};
 use crate::log;
 use crate::proto::{CHUNK_SIZE, ErrorCode, REPLY_CHUNK_TAG, Reply};
 use crate::size::format_size;
+use crate::usage::{self, BLOCK};
+
+/// Reserved while a partial is opened: its first block, and a block each
+/// for the folders that may grow to hold it.
+const OPEN_SLACK: u64 = 3 * BLOCK;
+
+/// Reserved beyond the file's own cost: the target folder may grow a block
+/// to hold the new name.
+const PUBLISH_SLACK: u64 = BLOCK;
+
+/// An upload whose partial is being opened.
+pub struct Opening {
+    user: String,
+    path: VPath,
+    jail: Arc<Jail>,
+    slot: FileSlot,
+    size: u64,
+    resume: bool,
+}
+
+impl Upload {
+    /// Whose upload this is.
+    pub fn user_name(&self) -> &str {
+        &self.user
+    }
+}
 
 /// An upload in progress.
 pub struct Upload {
@@ -42,21 +77,36 @@ pub struct Upload {
     written: u64,
     /// CRC32 of the partial file's first `written` bytes.
     hasher: Hasher,
-    /// Bytes reserved and not written yet.
+    /// Bytes reserved and not used yet.
     reserved: u64,
     began: Instant,
 }
 
 /// A download in progress.
 pub struct Download {
+    user: String,
     path: VPath,
     file: File,
+    id: FileId,
     _slot: FileSlot,
     size: u64,
     start: u64,
     sent: u64,
     hasher: Hasher,
     began: Instant,
+    /// Where the client asked to resume, and its CRC32 of that prefix.
+    asked: u64,
+    client_crc: u32,
+}
+
+/// How an upload ends.
+pub enum UploadEnd {
+    /// The partial stays for a resume (removed if empty: nothing to resume).
+    Keep,
+    /// The partial's data is bad: delete it.
+    Delete,
+    /// The partial became the file; what that did to the tree.
+    Published(Change),
 }
 
 fn fail(tx: &mut Buffer, ctx: &mut Ctx, e: &FsError) -> Phase {
@@ -64,16 +114,37 @@ fn fail(tx: &mut Buffer, ctx: &mut Ctx, e: &FsError) -> Phase {
     Phase::Ready
 }
 
-/// Bytes hashed per read while checking a resumed prefix.
+/// Bytes hashed per slice while checking a resumed prefix: a few
+/// milliseconds of work, after which others' jobs get their turn.
+const HASH_SLICE: u64 = 32 * 1024 * 1024;
+
+/// Bytes read per call while hashing.
 const HASH_PIECE: usize = 1024 * 1024;
 
-/// CRC32 of a file's first `len` bytes (runs on a disk helper thread).
-fn prefix_crc(file: &File, len: u64) -> io::Result<u32> {
-    let mut hasher = Hasher::new();
+/// Hashes `file[pos..len]` in slices (on a helper thread), then hands the
+/// CRC32 of `file[..len]` to `finish`.
+fn hash_prefix<X: Send + 'static>(
+    item: Box<X>,
+    file: fn(&X) -> &File,
+    mut hasher: Hasher,
+    pos: u64,
+    len: u64,
+    finish: fn(Box<X>, io::Result<u32>) -> JobResult,
+) -> Job<JobResult> {
+    Box::new(move || {
+        let end = len.min(pos.saturating_add(HASH_SLICE));
+        match hash_range(file(&item), &mut hasher, pos, end) {
+            Ok(()) if end < len => Step::More(hash_prefix(item, file, hasher, end, len, finish)),
+            Ok(()) => Step::Done(finish(item, Ok(hasher.finalize()))),
+            Err(e) => Step::Done(finish(item, Err(e))),
+        }
+    })
+}
+
+fn hash_range(file: &File, hasher: &mut Hasher, mut pos: u64, end: u64) -> io::Result<()> {
     let mut buf = vec![0u8; HASH_PIECE];
-    let mut pos = 0u64;
-    while pos < len {
-        let want = (len - pos).min(HASH_PIECE as u64) as usize;
+    while pos < end {
+        let want = (end - pos).min(HASH_PIECE as u64) as usize;
         let n = file.read_at(&mut buf[..want], pos)?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"));
@@ -81,10 +152,10 @@ fn prefix_crc(file: &File, len: u64) -> io::Result<u32> {
         hasher.update(&buf[..n]);
         pos += n as u64;
     }
-    Ok(hasher.finalize())
+    Ok(())
 }
 
-/// `PutStart`: check the target, reserve the space, offer a resume.
+/// `PutStart`: check the target and open the partial off the reactor.
 pub fn put_start(
     st: &mut State,
     tx: &mut Buffer,
@@ -103,8 +174,12 @@ pub fn put_start(
         Ok(p) => p,
         Err(e) => return fail(tx, ctx, &e),
     };
-    if let Err(e) = check_target(&jail, &path) {
-        return fail(tx, ctx, &e);
+    if path.is_root() {
+        return fail(
+            tx,
+            ctx,
+            &FsError::new(ErrorCode::IsADirectory, "is a directory: /"),
+        );
     }
     let busy = ctx
         .accounts
@@ -115,74 +190,44 @@ pub fn put_start(
         ctx.send_error(tx, ErrorCode::Busy, &message);
         return Phase::Ready;
     }
-    let put_op = || DeferredOp::Put {
-        path: path.to_string(),
-        size,
-        resume,
-    };
     let Some(slot) = ctx.fds.take() else {
-        return defer(st, tx, ctx, put_op(), deferred);
+        let op = DeferredOp::Put {
+            path: path.to_string(),
+            size,
+            resume,
+        };
+        return defer(st, tx, ctx, op, deferred);
     };
-    let (file, mut existing) = match jail.open_partial(&path) {
-        Ok(opened) => opened,
-        Err(e) if e.code == ErrorCode::Unavailable => {
-            return defer(st, tx, ctx, put_op(), deferred);
-        }
-        Err(e) => return fail(tx, ctx, &e),
-    };
-    if existing > 0 && (!resume || existing > size) {
-        if let Err(e) = file.set_len(0) {
-            return fail(tx, ctx, &FsError::from_io(&e, &path));
-        }
-        ctx.accounts.adjust(&user, -(existing as i64), 0);
-        existing = 0;
-    }
-    let need = size - existing;
-    if let Err((code, message)) = ctx.accounts.reserve(&user, need) {
+    if let Err((code, message)) = ctx.accounts.reserve(&user, OPEN_SLACK) {
         log!(Info, "{} {user} put {path}: {message}", st.peer);
-        if existing == 0 {
-            // Nothing worth resuming: do not leave an empty partial behind.
-            let _ = jail.remove_partial(&path);
-        }
         ctx.send_error(tx, code, &message);
         return Phase::Ready;
     }
     if let Some(acc) = ctx.accounts.get_mut(&user) {
         acc.uploads.insert(path.clone());
     }
-    let up = Box::new(Upload {
-        user,
+    let opening = Box::new(Opening {
+        user: user.clone(),
         path,
         jail,
-        file,
-        _slot: slot,
+        slot,
         size,
-        start: existing,
-        written: existing,
-        hasher: Hasher::new(),
-        reserved: need,
-        began: ctx.now,
+        resume,
     });
-    if existing == 0 {
-        return offer_upload(st, tx, ctx, up, Ok(0));
-    }
-    ctx.worker.submit(
-        Lane::Read,
-        st.key,
-        st.generation,
-        Box::new(move || {
-            let crc = prefix_crc(&up.file, up.written);
-            JobResult::UploadPrefix(up, crc)
-        }),
-    );
+    let job = move || {
+        let opened = check_target(&opening.jail, &opening.path).and_then(|()| {
+            let keep_up_to = opening.resume.then_some(opening.size);
+            opening.jail.open_partial(&opening.path, keep_up_to)
+        });
+        Step::Done(JobResult::UploadOpened(opening, opened))
+    };
+    ctx.worker
+        .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
     Phase::Waiting
 }
 
 /// The target of an upload must be a file name in an existing directory.
 fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
-    if path.is_root() {
-        return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
-    }
     match jail.lookup(path)? {
         Some(e) if e.kind == crate::proto::EntryKind::Dir => Err(FsError::new(
             ErrorCode::IsADirectory,
@@ -194,6 +239,121 @@ fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// What the rest of an upload of `size` bytes costs once `written` are in.
+fn still_needed(size: u64, written: u64) -> u64 {
+    usage::file_charge(size)
+        .saturating_sub(usage::file_charge(written))
+        .saturating_add(PUBLISH_SLACK)
+}
+
+/// The partial was opened for a session that closed meanwhile.
+pub fn orphan_opening(ctx: &mut Ctx, opening: Opening, opened: Result<OpenedPartial, FsError>) {
+    let Opening {
+        user,
+        path,
+        jail,
+        slot,
+        size,
+        ..
+    } = opening;
+    ctx.accounts.release(&user, OPEN_SLACK);
+    match opened {
+        Ok(opened) => {
+            ctx.accounts.apply(&user, opened.change);
+            let up = Upload {
+                user,
+                path,
+                jail,
+                file: opened.file,
+                _slot: slot,
+                size,
+                start: opened.existing,
+                written: opened.existing,
+                hasher: Hasher::new(),
+                reserved: 0,
+                began: ctx.now,
+            };
+            end_upload(ctx, up, UploadEnd::Keep, "connection closed");
+        }
+        Err(_) => not_busy(ctx, &user, &path),
+    }
+}
+
+/// The partial is open: reserve the rest, then offer a resume.
+pub fn upload_opened(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    opening: Opening,
+    opened: Result<OpenedPartial, FsError>,
+) -> Phase {
+    let Opening {
+        user,
+        path,
+        jail,
+        slot,
+        size,
+        resume,
+    } = opening;
+    ctx.accounts.release(&user, OPEN_SLACK);
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if let Some(acc) = ctx.accounts.get_mut(&user) {
+                acc.uploads.remove(&path);
+            }
+            if e.code == ErrorCode::Unavailable {
+                drop(slot);
+                let op = DeferredOp::Put {
+                    path: path.to_string(),
+                    size,
+                    resume,
+                };
+                return defer(st, tx, ctx, op, None);
+            }
+            return fail(tx, ctx, &e);
+        }
+    };
+    ctx.accounts.apply(&user, opened.change);
+    let need = still_needed(size, opened.existing);
+    let mut up = Box::new(Upload {
+        user,
+        path,
+        jail,
+        file: opened.file,
+        _slot: slot,
+        size,
+        start: opened.existing,
+        written: opened.existing,
+        hasher: Hasher::new(),
+        reserved: 0,
+        began: ctx.now,
+    });
+    if let Err((code, message)) = ctx.accounts.reserve(&up.user, need) {
+        log!(Info, "{} {} put {}: {message}", st.peer, up.user, up.path);
+        ctx.send_error(tx, code, &message);
+        end_upload(ctx, *up, UploadEnd::Keep, "quota exceeded");
+        return Phase::Ready;
+    }
+    up.reserved = need;
+    if up.written == 0 {
+        return offer_upload(st, tx, ctx, up, Ok(0));
+    }
+    let len = up.written;
+    let job = hash_prefix(
+        up,
+        |u| &u.file,
+        Hasher::new(),
+        0,
+        len,
+        |up, crc| JobResult::UploadPrefix(up, crc),
+    );
+    let user = st.user().to_owned();
+    ctx.worker
+        .submit(Lane::Read, &user, st.key, st.generation, job);
+    Phase::Waiting
 }
 
 /// Sends `PutReady` once the partial's prefix CRC is known.
@@ -215,12 +375,7 @@ pub fn offer_upload(
                 up.user,
                 up.path
             );
-            if let Err(e) = restart(ctx, &mut up) {
-                let err = FsError::from_io(&e, &up.path);
-                abort_upload(ctx, *up, "partial unusable");
-                return fail(tx, ctx, &err);
-            }
-            0
+            return restart(st, ctx, up, Restarted::Offer);
         }
     };
     up.hasher = Hasher::new_with_initial(crc);
@@ -234,18 +389,68 @@ pub fn offer_upload(
     Phase::PutOffered(up)
 }
 
-/// Truncates the partial to nothing; its bytes go back into the reservation.
-fn restart(ctx: &mut Ctx, up: &mut Upload) -> io::Result<()> {
-    up.file.set_len(0)?;
-    ctx.accounts.adjust(&up.user, -(up.written as i64), 0);
-    if let Some(acc) = ctx.accounts.get_mut(&up.user) {
-        acc.reserved += up.written;
-    }
-    up.reserved += up.written;
+/// What comes after emptying a partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restarted {
+    /// Offer the upload from 0 (the old prefix was unreadable).
+    Offer,
+    /// The client chose to start over: receive from 0.
+    Receive,
+}
+
+/// Empties the partial on a helper thread (freeing a big file's blocks
+/// takes milliseconds).
+fn restart(st: &State, ctx: &mut Ctx, up: Box<Upload>, then: Restarted) -> Phase {
+    let user = up.user.clone();
+    let job = move || {
+        let result = up.jail.truncate_partial(&up.file, &up.path);
+        Step::Done(JobResult::UploadRestarted(up, result, then))
+    };
+    ctx.worker
+        .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
+    Phase::Waiting
+}
+
+/// The partial is empty again: its bytes go back into the reservation.
+pub fn restarted(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    mut up: Box<Upload>,
+    result: Result<Change, FsError>,
+    then: Restarted,
+) -> Phase {
+    let change = match result {
+        Ok(change) => change,
+        Err(e) => {
+            let message = format!("upload of {} failed: {}", up.path, e.message);
+            ctx.send_error(tx, e.code, &message);
+            end_upload(ctx, *up, UploadEnd::Delete, "partial unusable");
+            return Phase::Ready;
+        }
+    };
+    ctx.accounts.apply(&up.user, change);
     up.written = 0;
     up.start = 0;
     up.hasher = Hasher::new();
-    Ok(())
+    let need = still_needed(up.size, 0).saturating_sub(up.reserved);
+    if let Err((code, message)) = ctx.accounts.reserve(&up.user, need) {
+        ctx.send_error(tx, code, &message);
+        end_upload(ctx, *up, UploadEnd::Keep, "quota exceeded");
+        return Phase::Ready;
+    }
+    up.reserved += need;
+    match then {
+        Restarted::Offer => offer_upload(st, tx, ctx, up, Ok(0)),
+        Restarted::Receive => match up.file.seek(SeekFrom::Start(0)) {
+            Ok(_) => Phase::Receiving(up),
+            Err(e) => {
+                let err = FsError::from_io(&e, &up.path);
+                end_upload(ctx, *up, UploadEnd::Keep, "seek failed");
+                fail(tx, ctx, &err)
+            }
+        },
+    }
 }
 
 /// `PutFrom`: the client resumes at the offered offset, or starts over.
@@ -257,18 +462,16 @@ pub fn put_from(
     offset: u64,
 ) -> Phase {
     if offset != up.written && offset != 0 {
-        abort_upload(ctx, *up, "bad PutFrom");
+        end_upload(ctx, *up, UploadEnd::Keep, "bad PutFrom");
         let message = "bad request: PutFrom must be 0 or the offered offset";
         return super::session::refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
-    let result = if offset == 0 && up.written > 0 {
-        restart(ctx, &mut up)
-    } else {
-        Ok(())
-    };
-    if let Err(e) = result.and_then(|()| up.file.seek(SeekFrom::Start(offset)).map(drop)) {
+    if offset == 0 && up.written > 0 {
+        return restart(st, ctx, up, Restarted::Receive);
+    }
+    if let Err(e) = up.file.seek(SeekFrom::Start(offset)) {
         let err = FsError::from_io(&e, &up.path);
-        abort_upload(ctx, *up, "seek failed");
+        end_upload(ctx, *up, UploadEnd::Keep, "seek failed");
         return fail(tx, ctx, &err);
     }
     if offset > 0 {
@@ -282,6 +485,15 @@ pub fn put_from(
         );
     }
     Phase::Receiving(up)
+}
+
+/// The partial grew from `before` to `after` bytes: move its added cost
+/// from the reservation to the figure used.
+fn grew(ctx: &mut Ctx, up: &mut Upload, before: u64, after: u64) {
+    let cost = usage::file_charge(after).saturating_sub(usage::file_charge(before));
+    let reserved = cost.min(up.reserved);
+    up.reserved -= reserved;
+    ctx.accounts.wrote(&up.user, cost, reserved);
 }
 
 /// A chunk of upload data: write it, hash it, account for it.
@@ -302,7 +514,8 @@ pub fn put_chunk(
             "upload failed: more bytes than the {} announced; nothing was saved",
             format_size(up.size)
         );
-        discard_upload(st, ctx, up, &message);
+        log_upload(st, &up, "too many bytes");
+        end_upload(ctx, *up, UploadEnd::Delete, "too many bytes");
         ctx.send_error(tx, ErrorCode::TransferFailed, &message);
         return Phase::Discarding;
     }
@@ -310,10 +523,10 @@ pub fn put_chunk(
         // Part of the chunk may have landed before the error: count what
         // is really in the file, so deleting it frees exactly that.
         if let Ok(meta) = up.file.metadata() {
-            let extra = meta.len().saturating_sub(up.written);
-            ctx.accounts.adjust(&up.user, extra as i64, extra);
-            up.reserved = up.reserved.saturating_sub(extra);
-            up.written = meta.len();
+            let before = up.written;
+            up.written = meta.len().max(before);
+            let after = up.written;
+            grew(ctx, &mut up, before, after);
         }
         let err = FsError::from_io(&e, &up.path);
         let message = format!("upload of {} failed: {}", up.path, err.message);
@@ -324,14 +537,16 @@ pub fn put_chunk(
             up.user,
             up.path
         );
-        discard_upload(st, ctx, up, "write failed");
+        log_upload(st, &up, "write failed");
+        end_upload(ctx, *up, UploadEnd::Delete, "write failed");
         ctx.send_error(tx, err.code, &message);
         return Phase::Discarding;
     }
     up.hasher.update(bytes);
+    let before = up.written;
     up.written += len;
-    up.reserved = up.reserved.saturating_sub(len);
-    ctx.accounts.adjust(&up.user, len as i64, len);
+    let after = up.written;
+    grew(ctx, &mut up, before, after);
     Phase::Receiving(up)
 }
 
@@ -351,7 +566,7 @@ pub fn put_end(
             format_size(up.size)
         );
         ctx.send_error(tx, ErrorCode::TransferFailed, &message);
-        abort_upload(ctx, *up, "ended early");
+        end_upload(ctx, *up, UploadEnd::Keep, "ended early");
         return Phase::Ready;
     }
     let actual = up.hasher.clone().finalize();
@@ -360,24 +575,36 @@ pub fn put_end(
             "checksum mismatch: {} was damaged in transit (crc32 {actual:08x}, expected {crc32:08x}); nothing was saved",
             up.path
         );
-        discard_upload(st, ctx, up, "crc32 mismatch");
+        log_upload(st, &up, "crc32 mismatch");
+        end_upload(ctx, *up, UploadEnd::Delete, "crc32 mismatch");
         ctx.send_error(tx, ErrorCode::CrcMismatch, &message);
         return Phase::Ready;
     }
-    ctx.worker.submit(
-        Lane::Sync,
-        st.key,
-        st.generation,
-        Box::new(move || {
-            // Data first, then the name: an acknowledged upload is on disk.
-            let result = match up.file.sync_all() {
-                Ok(()) => publish_when_possible(&up),
-                Err(e) => Err(FsError::from_io(&e, &up.path)),
-            };
-            JobResult::Published(up, result)
-        }),
-    );
+    let user = up.user.clone();
+    let job = move || {
+        // Data first, then the name: an acknowledged upload is on disk.
+        let outcome = match up.file.sync_all() {
+            Ok(()) => match publish_when_possible(&up) {
+                Ok(done) => Publish::Done(done),
+                Err(PublishError(e)) => Publish::Refused(e),
+            },
+            Err(e) => Publish::SyncFailed(FsError::from_io(&e, &up.path)),
+        };
+        Step::Done(JobResult::Published(up, outcome))
+    };
+    ctx.worker
+        .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
     Phase::Waiting
+}
+
+/// How a publish attempt went.
+pub enum Publish {
+    /// Renamed into place (the folder sync may still have failed).
+    Done(Published),
+    /// Not published; the verified data is kept for a later `put`.
+    Refused(FsError),
+    /// The data could not be made durable: it is suspect.
+    SyncFailed(FsError),
 }
 
 /// How long a publish waits for a file descriptor (the server at its
@@ -387,12 +614,14 @@ const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Renames the partial over its target, retrying while the server is out of
 /// file descriptors (others' transfers will free some).
-fn publish_when_possible(up: &Upload) -> Result<Published, FsError> {
+fn publish_when_possible(up: &Upload) -> Result<Published, PublishError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match up.jail.publish_partial_reporting_sync(&up.path) {
-            Err(e) if e.code == ErrorCode::Unavailable && started.elapsed() < PUBLISH_PATIENCE => {
+        match up.jail.publish_partial(&up.path) {
+            Err(PublishError(e))
+                if e.code == ErrorCode::Unavailable && started.elapsed() < PUBLISH_PATIENCE =>
+            {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
@@ -407,11 +636,11 @@ pub fn published(
     tx: &mut Buffer,
     ctx: &mut Ctx,
     up: Box<Upload>,
-    result: Result<Published, FsError>,
+    outcome: Publish,
 ) -> Phase {
     let crc = up.hasher.clone().finalize();
-    match &result {
-        Ok(Published { synced: Ok(()), .. }) => {
+    match &outcome {
+        Publish::Done(Published { synced: Ok(()), .. }) => {
             let done = Reply::PutDone {
                 size: up.size,
                 crc32: crc,
@@ -419,7 +648,7 @@ pub fn published(
             ctx.send(tx, &done);
             log_upload(st, &up, "ok");
         }
-        Ok(Published { synced: Err(e), .. }) => {
+        Publish::Done(Published { synced: Err(e), .. }) => {
             // The new file is in place but its name may not survive a
             // crash: not a success to report.
             let message = format!(
@@ -429,66 +658,95 @@ pub fn published(
             ctx.send_error(tx, ErrorCode::Io, &message);
             log_upload(st, &up, "folder sync failed");
         }
-        Err(e) => {
+        Publish::Refused(e) => {
+            let message = format!(
+                "upload of {} not saved: {}; the data is kept, run the same put again",
+                up.path, e.message
+            );
+            ctx.send_error(tx, e.code, &message);
+            log_upload(st, &up, "publish refused");
+        }
+        Publish::SyncFailed(e) => {
             let message = format!("upload of {} failed: {}", up.path, e.message);
             ctx.send_error(tx, e.code, &message);
-            log_upload(st, &up, "publish failed");
+            log_upload(st, &up, "sync failed");
         }
     }
-    settle_published(ctx, *up, &result);
+    settle_published(ctx, *up, outcome);
     Phase::Ready
 }
 
 /// Figures after a publish attempt, whether or not anyone is listening.
-pub fn settle_published(ctx: &mut Ctx, up: Upload, result: &Result<Published, FsError>) {
+pub fn settle_published(ctx: &mut Ctx, up: Upload, outcome: Publish) {
+    let end = match outcome {
+        Publish::Done(done) => UploadEnd::Published(done.change),
+        Publish::Refused(_) => UploadEnd::Keep,
+        Publish::SyncFailed(_) => UploadEnd::Delete,
+    };
+    end_upload(ctx, up, end, "publish");
+}
+
+/// The one way an upload ends: hands back its reservation, and keeps,
+/// deletes or accounts for the published partial. A partial is deleted on
+/// a helper thread (a big file's blocks take milliseconds to free); its
+/// path stays busy until then, so a new upload cannot open it meanwhile.
+pub fn end_upload(ctx: &mut Ctx, up: Upload, end: UploadEnd, why: &str) {
+    ctx.accounts.release(&up.user, up.reserved);
+    let end = match end {
+        UploadEnd::Keep if up.written == 0 => UploadEnd::Delete,
+        end => end,
+    };
+    match end {
+        UploadEnd::Published(change) => {
+            ctx.accounts.apply(&up.user, change);
+            not_busy(ctx, &up.user, &up.path);
+        }
+        UploadEnd::Keep => {
+            log!(
+                Info,
+                "put {} {}: {why}; {} kept for resume",
+                up.user,
+                up.path,
+                format_size(up.written)
+            );
+            not_busy(ctx, &up.user, &up.path);
+        }
+        UploadEnd::Delete => {
+            let user = up.user.clone();
+            let job = move || {
+                let result = up.jail.remove_partial(&up.path);
+                // Closed here, after the unlink: the last close of an
+                // unlinked file frees its blocks.
+                drop(up.file);
+                Step::Done(JobResult::PartialRemoved {
+                    user: up.user,
+                    path: up.path,
+                    result,
+                })
+            };
+            ctx.worker
+                .submit(Lane::Sync, &user, SERVER_JOB, 0, Box::new(job));
+        }
+    }
+}
+
+/// A partial was deleted: settle the figures and free the path.
+pub fn partial_removed(ctx: &mut Ctx, user: &str, path: &VPath, result: Result<Change, FsError>) {
     match result {
-        // Renamed: the partial's bytes are the file's now; the old file is gone.
-        Ok(done) => {
-            ctx.accounts
-                .adjust(&up.user, -(done.replaced as i64), up.reserved);
-        }
-        Err(e) if e.code == ErrorCode::Unavailable => {
-            // Nothing wrong with the data: keep it for a resume.
-            ctx.accounts.adjust(&up.user, 0, up.reserved);
-        }
-        Err(_) => {
-            // Sync or rename failed: the data is suspect, drop it.
-            let freed = up.jail.remove_partial(&up.path).unwrap_or(0);
-            ctx.accounts.adjust(&up.user, -(freed as i64), up.reserved);
-        }
+        Ok(change) => ctx.accounts.apply(user, change),
+        Err(e) => log!(
+            Warn,
+            "put {user} {path}: partial not removed: {}",
+            e.message
+        ),
     }
-    release(ctx, &up);
+    not_busy(ctx, user, path);
 }
 
-fn release(ctx: &mut Ctx, up: &Upload) {
-    if let Some(acc) = ctx.accounts.get_mut(&up.user) {
-        acc.uploads.remove(&up.path);
+fn not_busy(ctx: &mut Ctx, user: &str, path: &VPath) {
+    if let Some(acc) = ctx.accounts.get_mut(user) {
+        acc.uploads.remove(path);
     }
-}
-
-/// Ends an upload and keeps its partial file for resume (an empty one is
-/// removed: there is nothing to resume).
-pub fn abort_upload(ctx: &mut Ctx, up: Upload, why: &str) {
-    if up.written == 0 {
-        let _ = up.jail.remove_partial(&up.path);
-    }
-    log!(
-        Info,
-        "put {} {}: {why}; {} kept for resume",
-        up.user,
-        up.path,
-        format_size(up.written)
-    );
-    ctx.accounts.adjust(&up.user, 0, up.reserved);
-    release(ctx, &up);
-}
-
-/// Ends an upload whose data is bad and deletes its partial file.
-fn discard_upload(st: &State, ctx: &mut Ctx, up: Box<Upload>, why: &str) {
-    log_upload(st, &up, why);
-    let freed = up.jail.remove_partial(&up.path).unwrap_or(up.written);
-    ctx.accounts.adjust(&up.user, -(freed as i64), up.reserved);
-    release(ctx, &up);
 }
 
 fn log_upload(st: &State, up: &Upload, outcome: &str) {
@@ -522,56 +780,58 @@ pub fn get_start(
     let Some(slot) = ctx.fds.take() else {
         return defer(st, tx, ctx, get_op(), deferred);
     };
-    let (file, size) = match login.jail.open_read(&path) {
+    let (file, size, id) = match login.jail.open_read(&path) {
         Ok(opened) => opened,
         Err(e) if e.code == ErrorCode::Unavailable => {
             return defer(st, tx, ctx, get_op(), deferred);
         }
         Err(e) => return fail(tx, ctx, &e),
     };
+    let user = login.user.clone();
+    ctx.accounts.reading(&user, id);
     let down = Box::new(Download {
+        user: user.clone(),
         path,
         file,
+        id,
         _slot: slot,
         size,
         start: 0,
         sent: 0,
         hasher: Hasher::new(),
         began: ctx.now,
+        asked: offset,
+        client_crc,
     });
     if offset == 0 || offset > size {
-        return begin_download(st, tx, ctx, down, Ok(0), 0);
+        return begin_download(st, tx, ctx, down, Ok(0));
     }
-    ctx.worker.submit(
-        Lane::Read,
-        st.key,
-        st.generation,
-        Box::new(move || {
-            let crc = prefix_crc(&down.file, offset);
-            let mut down = down;
-            if crc.is_ok() {
-                down.sent = offset;
-            }
-            JobResult::DownloadPrefix(down, crc, client_crc)
-        }),
+    let job = hash_prefix(
+        down,
+        |d| &d.file,
+        Hasher::new(),
+        0,
+        offset,
+        |down, crc| JobResult::DownloadPrefix(down, crc),
     );
+    ctx.worker
+        .submit(Lane::Read, &user, st.key, st.generation, job);
     Phase::Waiting
 }
 
-/// Starts streaming: from the client's offset if its prefix matched (the
-/// job set `sent` to it), from zero otherwise.
+/// Starts streaming: from the client's offset if its prefix matched (`crc`
+/// is the server's CRC32 of that prefix), from zero otherwise.
 pub fn begin_download(
     st: &mut State,
     tx: &mut Buffer,
     ctx: &mut Ctx,
     mut down: Box<Download>,
     crc: io::Result<u32>,
-    client_crc: u32,
 ) -> Phase {
     let offset = match crc {
-        Ok(crc) if crc == client_crc && down.sent > 0 => {
+        Ok(crc) if crc == down.client_crc && down.asked > 0 && down.asked <= down.size => {
             down.hasher = Hasher::new_with_initial(crc);
-            down.sent
+            down.asked
         }
         _ => {
             down.hasher = Hasher::new();
@@ -581,7 +841,9 @@ pub fn begin_download(
     down.sent = offset;
     down.start = offset;
     if let Err(e) = down.file.seek(SeekFrom::Start(offset)) {
-        return fail(tx, ctx, &FsError::from_io(&e, &down.path));
+        let err = FsError::from_io(&e, &down.path);
+        end_download(st, ctx, *down, "seek failed");
+        return fail(tx, ctx, &err);
     }
     ctx.send(
         tx,
@@ -591,11 +853,11 @@ pub fn begin_download(
         },
     );
     if offset > 0 {
-        let user = st.login.as_ref().map_or("-", |l| l.user.as_str());
         log!(
             Info,
-            "{} {user} get {}: resuming at {}",
+            "{} {} get {}: resuming at {}",
             st.peer,
+            down.user,
             down.path,
             format_size(offset)
         );
@@ -619,13 +881,8 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
             Ok(got) => got,
             Err(e) => {
                 let err = FsError::from_io(&e, &down.path);
-                return end_download(
-                    st,
-                    tx,
-                    ctx,
-                    ErrorCode::Io,
-                    &format!("download failed: {}", err.message),
-                );
+                let message = format!("download failed: {}", err.message);
+                return stop_download(st, tx, ctx, ErrorCode::Io, &message);
             }
         };
         if got < n {
@@ -633,7 +890,7 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
                 "download of {} failed: the file shrank on the server while being sent",
                 down.path
             );
-            return end_download(st, tx, ctx, ErrorCode::TransferFailed, &message);
+            return stop_download(st, tx, ctx, ErrorCode::TransferFailed, &message);
         }
         space[..h].copy_from_slice(&header[..h]);
         down.hasher.update(&space[h..h + n]);
@@ -645,13 +902,13 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
         let crc32 = down.hasher.clone().finalize();
         ctx.send(tx, &Reply::GetDone { crc32 });
         if let Phase::Sending(down) = std::mem::replace(&mut st.phase, Phase::Ready) {
-            log_download(st, &down, "ok");
+            end_download(st, ctx, *down, "ok");
         }
     }
     queued
 }
 
-fn end_download(
+fn stop_download(
     st: &mut State,
     tx: &mut Buffer,
     ctx: &mut Ctx,
@@ -660,7 +917,7 @@ fn end_download(
 ) -> usize {
     ctx.send_error(tx, code, message);
     if let Phase::Sending(down) = std::mem::replace(&mut st.phase, Phase::Ready) {
-        log_download(st, &down, message);
+        end_download(st, ctx, *down, message);
     }
     0
 }
@@ -679,11 +936,29 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// One access-log line for a finished or failed download.
-pub fn log_download(st: &State, down: &Download, outcome: &str) {
+/// The one way a download ends: its access-log line, and the file let go.
+pub fn end_download(st: &State, ctx: &mut Ctx, down: Download, outcome: &str) {
     let moved = down.sent - down.start;
     let crc = down.hasher.clone().finalize();
     log_transfer(st, "get", &down.path, moved, down.began, crc, outcome);
+    release_download(ctx, down);
+}
+
+/// Lets a download's file go. A file deleted meanwhile is closed on a
+/// helper thread (the last close frees its blocks, which takes
+/// milliseconds for a big one), and what it kept charged is freed.
+pub fn release_download(ctx: &mut Ctx, down: Download) {
+    let Download { user, file, id, .. } = down;
+    ctx.accounts.done_reading(&user, id);
+    let unlinked = rustix::fs::fstat(&file).is_ok_and(|s| s.st_nlink == 0);
+    if unlinked {
+        let job = move || {
+            drop(file);
+            Step::Done(JobResult::Closed)
+        };
+        ctx.worker
+            .submit(Lane::Sync, &user, SERVER_JOB, 0, Box::new(job));
+    }
 }
 
 /// The access-log line of a transfer: who, from where, what, how much, how
