@@ -188,17 +188,9 @@ impl Env {
 
 /// Bytes in the regular files under `dir`, at any depth, hidden ones included.
 fn disk_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in fs::read_dir(dir).expect("read_dir") {
-        let path = entry.expect("dir entry").path();
-        let meta = fs::symlink_metadata(&path).expect("lstat");
-        if meta.is_dir() {
-            total += disk_bytes(&path);
-        } else if meta.is_file() {
-            total += meta.len();
-        }
-    }
-    total
+    // The server's own rule for what a tree costs (whole blocks, at least
+    // one per file and folder): the figure it reports must equal it.
+    ftpd::usage::disk_usage(dir).expect("recount")
 }
 
 /// Polls `cond` until it holds; panics after [`WAIT`].

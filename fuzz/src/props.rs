@@ -839,7 +839,7 @@ impl JailFixture {
 
         let is_file = matches!(&reach, Reach::Found(m) if m.is_file());
         match self.jail.open_read(&p) {
-            Ok((mut file, size)) => {
+            Ok((mut file, size, _)) => {
                 assert!(is_file, "open_read {p} opened what is not a file here");
                 let mut got = Vec::new();
                 file.read_to_end(&mut got).expect("read");

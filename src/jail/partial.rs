@@ -134,6 +134,19 @@ impl Jail {
         })
     }
 
+    /// The length of the partial for `target`, if there is one.
+    pub fn partial_len(&self, target: &VPath) -> Result<Option<u64>, FsError> {
+        let err = |e| FsError::from_errno(e, target);
+        let Some(dir) = self.partial_dir(false).map_err(err)? else {
+            return Ok(None);
+        };
+        match lstat_at(&dir, &Jail::partial_name(target)) {
+            Ok(st) => Ok(Some(regular_size(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// Empties an open partial (a resume the client declined).
     pub fn truncate_partial(&self, file: &File, target: &VPath) -> Result<Change, FsError> {
         let _tree = self.lock_tree();

@@ -2,6 +2,7 @@
 //! special files and races, checking that nothing outside a home is ever
 //! read, listed or created.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -10,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tempfile::TempDir;
 
 use super::*;
+use crate::usage::{self, BLOCK, file_charge};
 
 /// A home, a folder beside it with a secret, and a sibling user's home.
 struct Fixture {
@@ -79,6 +81,23 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The names in a server folder in the folder's own order, as `readdir`
+/// gives them (read with std, not the jail), without the partials folder.
+fn folder_order(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != PARTIAL_DIR)
+        .collect()
+}
+
+/// The first `n` of `names`, sorted.
+fn first_sorted(names: &[String], n: usize) -> Vec<String> {
+    let mut first = names[..n].to_vec();
+    first.sort();
+    first
+}
+
 fn vp(s: &str) -> VPath {
     VPath::resolve(&VPath::root(), s).unwrap()
 }
@@ -107,6 +126,100 @@ fn listed(jail: &Jail, p: &str) -> Vec<String> {
 
 const MAX_LIST: usize = crate::proto::MAX_LIST_ENTRIES;
 const DENIED: ErrorCode = ErrorCode::PermissionDenied;
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// [`code`] for a publish.
+fn publish_code(r: Result<Published, PublishError>) -> ErrorCode {
+    code(r.map_err(|e| e.0))
+}
+
+/// Publishes `target`, which must succeed and sync.
+fn publish(jail: &Jail, target: &VPath) -> Change {
+    let published = jail.publish_partial(target).unwrap();
+    published.synced.unwrap();
+    published.change
+}
+
+/// Opens the partial for `target` afresh and writes `data` into it.
+fn put_partial(jail: &Jail, target: &VPath, data: &[u8]) -> Change {
+    let mut opened = jail.open_partial(target, None).unwrap();
+    assert_eq!(opened.existing, 0);
+    opened.file.write_all(data).unwrap();
+    opened.change
+}
+
+/// Asserts that `c` removed one regular file that cost `charge`.
+fn assert_removed_file(c: &Change, charge: u64) {
+    assert_eq!(c.entries, -1, "{c:?}");
+    assert_eq!(c.gone.map(|g| g.charge), Some(charge), "{c:?}");
+    assert!(-c.bytes >= i64::try_from(charge).unwrap(), "{c:?}");
+}
+
+/// Asserts that `c` added or removed no file or folder.
+fn assert_no_entry_change(c: &Change) {
+    assert_eq!((c.entries, c.gone), (0, None), "{c:?}");
+}
+
+/// The home's cost as the server keeps it: a recount to start from, plus
+/// every [`Change`] since, plus what uploads wrote. The server relies on it
+/// matching a recount at any time.
+struct Books {
+    home: PathBuf,
+    bytes: i64,
+    entries: i64,
+}
+
+impl Books {
+    fn new(home: &Path) -> Books {
+        let start = usage::tally(home).unwrap();
+        Books {
+            home: home.to_owned(),
+            bytes: i64::try_from(start.bytes).unwrap(),
+            entries: i64::try_from(start.entries).unwrap(),
+        }
+    }
+
+    /// Adds a change.
+    fn add(&mut self, c: Change) {
+        self.bytes += c.bytes;
+        self.entries += c.entries;
+    }
+
+    /// Adds a change and passes it on, to be looked at.
+    fn counted(&mut self, c: Change) -> Change {
+        self.add(c);
+        c
+    }
+
+    /// Adds what writing a partial from `from` bytes to `to` bytes cost:
+    /// the server counts an upload's writes itself.
+    fn wrote(&mut self, from: u64, to: u64) {
+        self.bytes += i64::try_from(file_charge(to)).unwrap();
+        self.bytes -= i64::try_from(file_charge(from)).unwrap();
+    }
+
+    /// Adds a change and checks the books against a recount.
+    fn step(&mut self, after: &str, c: Change) {
+        self.add(c);
+        self.check(after);
+    }
+
+    /// Fails unless the books match a recount of the home.
+    fn check(&self, after: &str) {
+        let now = usage::tally(&self.home).unwrap();
+        let recount = (
+            i64::try_from(now.bytes).unwrap(),
+            i64::try_from(now.entries).unwrap(),
+        );
+        assert_eq!((self.bytes, self.entries), recount, "after {after}");
+    }
+}
+
+/// Makes the file at `path` look `age` old to the sweep of stale partials.
+fn age(path: &Path, age: Duration) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - age).unwrap();
+}
 
 #[test]
 fn jail_is_send_and_sync() {
@@ -177,6 +290,7 @@ fn symlinks_are_listed_but_never_followed() {
     // Even a symlink that stays inside the home is not followed.
     symlink("docs", fx.home.join("docs_link")).unwrap();
     symlink("f.txt", fx.home.join("f_link")).unwrap();
+    let mut books = Books::new(&fx.home);
 
     for link in ["etc", "bob", "out", "docs_link"] {
         let l = vp(link);
@@ -207,10 +321,12 @@ fn symlinks_are_listed_but_never_followed() {
         assert_eq!(code(fx.jail.list(&l.join("b").unwrap(), MAX_LIST)), DENIED);
 
         let up = l.join("up.txt").unwrap();
-        let (mut part, _) = fx.jail.open_partial(&up).unwrap();
-        part.write_all(b"upload").unwrap();
-        assert_eq!(code(fx.jail.publish_partial(&up)), DENIED, "{link}");
-        assert_eq!(fx.jail.remove_partial(&up).unwrap(), 6);
+        books.add(put_partial(&fx.jail, &up, b"upload"));
+        books.wrote(0, 6);
+        assert_eq!(publish_code(fx.jail.publish_partial(&up)), DENIED, "{link}");
+        let removed = books.counted(fx.jail.remove_partial(&up).unwrap());
+        assert_removed_file(&removed, file_charge(6));
+        books.check(&format!("an upload below {link}"));
         assert!(fx.home.join("f.txt").exists() && fx.home.join("docs").is_dir());
     }
     assert_eq!(code(fx.jail.open_read(&vp("/f_link"))), DENIED);
@@ -227,9 +343,11 @@ fn symlinks_are_listed_but_never_followed() {
         .collect();
     assert_eq!(links, ["bob", "docs_link", "etc", "f_link", "out"]);
 
-    // Removing or renaming a link acts on the link, never on its target.
-    assert_eq!(fx.jail.remove_file(&vp("/out")).unwrap(), 0);
-    assert_eq!(fx.jail.rename(&vp("/bob"), &vp("/docs/bob")).unwrap(), 0);
+    // Removing or renaming a link acts on the link, never on its target,
+    // and costs nothing.
+    assert_no_entry_change(&books.counted(fx.jail.remove_file(&vp("/out")).unwrap()));
+    assert_no_entry_change(&books.counted(fx.jail.rename(&vp("/bob"), &vp("/docs/bob")).unwrap()));
+    books.check("removing and moving links");
     assert_eq!(
         fx.jail.stat(&vp("/docs/bob")).unwrap().kind,
         EntryKind::Symlink
@@ -264,7 +382,7 @@ fn a_fifo_is_refused_without_blocking() {
     let j = Arc::clone(&jail);
     // In a thread, so that a regression hangs only that thread.
     std::thread::spawn(move || {
-        let _ = tx.send(j.open_read(&vp("/pipe")).map(|(_, size)| size));
+        let _ = tx.send(j.open_read(&vp("/pipe")).map(|(_, size, _)| size));
     });
     let result = rx
         .recv_timeout(Duration::from_secs(5))
@@ -275,7 +393,7 @@ fn a_fifo_is_refused_without_blocking() {
     let (entries, _, _) = jail.list(&VPath::root(), MAX_LIST).unwrap();
     assert_eq!(entries[0].kind, EntryKind::Other);
     assert_eq!(code(jail.check_dir(&vp("/pipe"))), ErrorCode::NotADirectory);
-    assert_eq!(jail.remove_file(&vp("/pipe")).unwrap(), 0);
+    assert_no_entry_change(&jail.remove_file(&vp("/pipe")).unwrap());
     assert!(!fx.home.join("pipe").exists());
 }
 
@@ -286,7 +404,8 @@ fn a_fifo_planted_as_a_partial_is_refused() {
     fs::create_dir(fx.home.join(PARTIAL_DIR)).unwrap();
     let planted = fx.home.join(PARTIAL_DIR).join(Jail::partial_name(&target));
     rustix::fs::mkfifoat(rustix::fs::CWD, &planted, Mode::from_raw_mode(0o600)).unwrap();
-    assert_eq!(code(fx.jail.open_partial(&target)), DENIED);
+    assert_eq!(code(fx.jail.open_partial(&target, None)), DENIED);
+    assert_eq!(code(fx.jail.open_partial(&target, Some(u64::MAX))), DENIED);
 }
 
 #[test]
@@ -294,10 +413,14 @@ fn a_partial_dir_that_is_a_symlink_is_refused() {
     let fx = Fixture::new();
     symlink(&fx.outside, fx.home.join(PARTIAL_DIR)).unwrap();
     let target = vp("/up.txt");
-    assert_eq!(code(fx.jail.open_partial(&target)), DENIED);
+    assert_eq!(code(fx.jail.open_partial(&target, None)), DENIED);
     assert_eq!(code(fx.jail.remove_partial(&target)), DENIED);
-    assert_eq!(code(fx.jail.publish_partial(&target)), DENIED);
-    assert!(fx.jail.clean_stale_partials(Duration::ZERO).is_err());
+    assert_eq!(publish_code(fx.jail.publish_partial(&target)), DENIED);
+    assert!(
+        fx.jail
+            .clean_stale_partials(Duration::ZERO, &HashSet::new())
+            .is_err()
+    );
     fx.assert_outside_untouched();
 }
 
@@ -306,9 +429,14 @@ fn open_read_reads_regular_files_only() {
     let fx = Fixture::new();
     fs::create_dir(fx.home.join("docs")).unwrap();
     fs::write(fx.home.join("docs").join("a.txt"), "hello").unwrap();
-    let (f, size) = fx.jail.open_read(&vp("/docs/a.txt")).unwrap();
+    let (f, size, id) = fx.jail.open_read(&vp("/docs/a.txt")).unwrap();
     assert_eq!(size, 5);
     assert_eq!(read_all(f), b"hello");
+    // The identity is the file's, whatever name it is read by.
+    fs::hard_link(fx.home.join("docs/a.txt"), fx.home.join("b.txt")).unwrap();
+    fs::write(fx.home.join("c.txt"), "hello").unwrap();
+    assert_eq!(fx.jail.open_read(&vp("/b.txt")).unwrap().2, id);
+    assert_ne!(fx.jail.open_read(&vp("/c.txt")).unwrap().2, id);
     assert_eq!(
         code(fx.jail.open_read(&vp("/docs"))),
         ErrorCode::IsADirectory
@@ -343,7 +471,7 @@ fn list_sorts_truncates_and_hides_partials() {
     }
     fs::create_dir(fx.home.join("d")).unwrap();
     // Creates the partial folder at the root.
-    fx.jail.open_partial(&vp("/a")).unwrap();
+    fx.jail.open_partial(&vp("/a"), None).unwrap();
     assert!(fx.home.join(PARTIAL_DIR).is_dir());
 
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 100).unwrap();
@@ -354,8 +482,11 @@ fn list_sorts_truncates_and_hides_partials() {
     assert_eq!(entries[1].size, 1);
     assert_eq!(entries[4].kind, EntryKind::Dir);
 
+    // Truncated: the first two the folder holds, sorted.
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 2).unwrap();
     assert_eq!((entries.len(), total, truncated), (2, 6, true));
+    let got: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+    assert_eq!(got, first_sorted(&folder_order(&fx.home), 2));
 
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 6).unwrap();
     assert_eq!((entries.len(), total, truncated), (6, 6, false));
@@ -378,25 +509,90 @@ fn list_shows_non_utf8_names_lossily() {
     assert_eq!(listed(&fx.jail, "/"), ["x\u{fffd}y"]);
 }
 
+/// A truncated listing holds the first entries in the folder's own order
+/// (it never reads the whole folder to pick), sorted, and counts the rest.
 #[test]
-fn list_of_a_big_folder_keeps_the_smallest_names() {
+fn list_of_a_big_folder_keeps_the_first_names_in_folder_order() {
     let fx = Fixture::new();
     for i in (0..500).rev() {
         fs::write(fx.home.join(format!("f{i:04}")), "").unwrap();
     }
     let (entries, total, truncated) = fx.jail.list(&VPath::root(), 10).unwrap();
-    let want: Vec<String> = (0..10).map(|i| format!("f{i:04}")).collect();
     let got: Vec<String> = entries.into_iter().map(|e| e.name).collect();
-    assert_eq!(got, want);
+    assert_eq!(got, first_sorted(&folder_order(&fx.home), 10));
     assert_eq!((total, truncated), (500, true));
+}
+
+/// A listing read in batches of two: every name once, the partials folder
+/// hidden at the root only, and the counts right, truncated or not.
+#[test]
+fn listing_in_batches_yields_every_name_once() {
+    let fx = Fixture::new();
+    for name in ["e", "a", "c", "b"] {
+        fs::write(fx.home.join(name), name).unwrap();
+    }
+    fs::create_dir(fx.home.join("d")).unwrap();
+    fs::create_dir(fx.home.join("d").join(PARTIAL_DIR)).unwrap();
+    fs::write(fx.home.join("d").join("x"), "").unwrap();
+    fx.jail.open_partial(&vp("/a"), None).unwrap();
+    assert!(fx.home.join(PARTIAL_DIR).is_dir());
+
+    // All the names of `p` in batches of two, listing at most `max`.
+    let batches = |p: &str, max: usize| {
+        let mut listing = fx.jail.open_listing(&vp(p), max).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..100 {
+            if listing.finished() {
+                break;
+            }
+            let batch = listing.next_batch(2).unwrap();
+            assert!(batch.len() <= 2, "{batch:?}");
+            names.extend(batch.into_iter().map(|e| e.name));
+        }
+        assert!(listing.finished());
+        (names, listing.total(), listing.truncated())
+    };
+
+    let (names, total, truncated) = batches("/", 100);
+    // In the folder's own order, each name once.
+    assert_eq!(names, folder_order(&fx.home));
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b", "c", "d", "e"]);
+    assert_eq!((total, truncated), (5, false));
+
+    let (names, total, truncated) = batches("/", 3);
+    assert_eq!(names, folder_order(&fx.home)[..3]);
+    assert_eq!((total, truncated), (5, true));
+
+    let (names, total, truncated) = batches("/", 0);
+    assert!(names.is_empty());
+    assert_eq!((total, truncated), (5, true));
+
+    // Below the root the name is an ordinary one.
+    let (mut names, total, truncated) = batches("/d", 100);
+    names.sort();
+    assert_eq!(names, [PARTIAL_DIR, "x"]);
+    assert_eq!((total, truncated), (2, false));
+
+    assert_eq!(
+        code(fx.jail.open_listing(&vp("/a"), 10).map(|_| ())),
+        ErrorCode::NotADirectory
+    );
 }
 
 #[test]
 fn mkdir_and_rmdir() {
     let fx = Fixture::new();
     fs::write(fx.home.join("f"), "").unwrap();
-    fx.jail.mkdir(&vp("/d")).unwrap();
-    fx.jail.mkdir(&vp("/d/e")).unwrap();
+    let mut books = Books::new(&fx.home);
+    for p in ["/d", "/d/e"] {
+        // A new folder: one entry, at least a block.
+        let made = books.counted(fx.jail.mkdir(&vp(p)).unwrap());
+        assert_eq!((made.entries, made.gone), (1, None), "{made:?}");
+        assert!(made.bytes >= i64::try_from(BLOCK).unwrap(), "{made:?}");
+        books.check(p);
+    }
     assert!(fx.home.join("d").join("e").is_dir());
     let mode = fs::metadata(fx.home.join("d"))
         .unwrap()
@@ -418,8 +614,16 @@ fn mkdir_and_rmdir() {
     assert_eq!(code(fx.jail.rmdir(&vp("/nope"))), ErrorCode::NotFound);
     let e = fx.jail.rmdir(&VPath::root()).unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (DENIED, "cannot remove /"));
-    fx.jail.rmdir(&vp("/d/e")).unwrap();
-    fx.jail.rmdir(&vp("/d")).unwrap();
+    books.check("refused changes");
+    for p in ["/d/e", "/d"] {
+        let removed = books.counted(fx.jail.rmdir(&vp(p)).unwrap());
+        assert_eq!((removed.entries, removed.gone), (-1, None), "{removed:?}");
+        assert!(
+            -removed.bytes >= i64::try_from(BLOCK).unwrap(),
+            "{removed:?}"
+        );
+        books.check(p);
+    }
     assert!(!fx.home.join("d").exists());
 }
 
@@ -427,9 +631,18 @@ fn mkdir_and_rmdir() {
 fn remove_file_returns_the_bytes_freed() {
     let fx = Fixture::new();
     fs::write(fx.home.join("f"), "12345").unwrap();
+    fs::write(fx.home.join("big"), vec![b'x'; 10_000]).unwrap();
     fs::create_dir(fx.home.join("d")).unwrap();
-    assert_eq!(fx.jail.remove_file(&vp("/f")).unwrap(), 5);
+    let mut books = Books::new(&fx.home);
+    let (_, _, id) = fx.jail.open_read(&vp("/f")).unwrap();
+    let removed = books.counted(fx.jail.remove_file(&vp("/f")).unwrap());
+    assert_removed_file(&removed, file_charge(5));
+    // It names the file that lost its name, as a download knows it.
+    assert_eq!(removed.gone.unwrap().id, id);
     assert!(!fx.home.join("f").exists());
+    let removed = books.counted(fx.jail.remove_file(&vp("/big")).unwrap());
+    assert_removed_file(&removed, 3 * BLOCK);
+    books.check("removing files");
     assert_eq!(code(fx.jail.remove_file(&vp("/f"))), ErrorCode::NotFound);
     assert_eq!(
         code(fx.jail.remove_file(&vp("/d"))),
@@ -440,6 +653,7 @@ fn remove_file_returns_the_bytes_freed() {
         ErrorCode::IsADirectory
     );
     assert!(fx.home.join("d").is_dir());
+    books.check("refused removals");
 }
 
 #[test]
@@ -452,27 +666,36 @@ fn rename_files_and_folders() {
     fs::create_dir(h.join("empty")).unwrap();
     fs::create_dir(h.join("full")).unwrap();
     fs::write(h.join("full").join("x"), "").unwrap();
+    let mut books = Books::new(h);
 
-    // A file over a file returns the replaced size.
-    assert_eq!(fx.jail.rename(&vp("/new"), &vp("/old")).unwrap(), 8);
+    // A file over a file names the one replaced.
+    let (_, _, old_id) = fx.jail.open_read(&vp("/old")).unwrap();
+    let replaced = books.counted(fx.jail.rename(&vp("/new"), &vp("/old")).unwrap());
+    assert_removed_file(&replaced, file_charge(8));
+    assert_eq!(replaced.gone.unwrap().id, old_id);
     assert_eq!(fs::read(h.join("old")).unwrap(), b"new!");
     assert!(!h.join("new").exists());
+    books.check("a file over a file");
     // Across folders, and onto itself.
-    assert_eq!(fx.jail.rename(&vp("/old"), &vp("/a/sub/moved")).unwrap(), 0);
+    let moved = books.counted(fx.jail.rename(&vp("/old"), &vp("/a/sub/moved")).unwrap());
+    assert_no_entry_change(&moved);
     assert_eq!(fs::read(h.join("a/sub/moved")).unwrap(), b"new!");
     assert_eq!(
         fx.jail
             .rename(&vp("/a/sub/moved"), &vp("/a/sub/moved"))
             .unwrap(),
-        0
+        Change::default()
     );
     assert!(h.join("a/sub/moved").exists());
+    books.check("moves of a file");
     // Hard links to one file: the kernel does nothing, nothing is freed.
     fs::hard_link(h.join("a/sub/moved"), h.join("hard")).unwrap();
+    let mut books = Books::new(h);
     assert_eq!(
         fx.jail.rename(&vp("/hard"), &vp("/a/sub/moved")).unwrap(),
-        0
+        Change::default()
     );
+    assert!(h.join("hard").exists());
 
     // A folder into itself or below itself.
     let e = fx.jail.rename(&vp("/a"), &vp("/a/sub/a")).unwrap_err();
@@ -508,12 +731,24 @@ fn rename_files_and_folders() {
     // The root, either way.
     assert_eq!(code(fx.jail.rename(&VPath::root(), &vp("/x"))), DENIED);
     assert_eq!(code(fx.jail.rename(&vp("/hard"), &VPath::root())), DENIED);
-    // A folder onto an empty folder replaces it.
-    assert_eq!(fx.jail.rename(&vp("/a"), &vp("/empty")).unwrap(), 0);
+    books.check("refused moves");
+    // A folder onto an empty folder replaces it: one folder fewer.
+    let replaced = books.counted(fx.jail.rename(&vp("/a"), &vp("/empty")).unwrap());
+    assert_eq!(
+        (replaced.entries, replaced.gone),
+        (-1, None),
+        "{replaced:?}"
+    );
+    assert!(
+        -replaced.bytes >= i64::try_from(BLOCK).unwrap(),
+        "{replaced:?}"
+    );
     assert!(h.join("empty/sub/moved").exists() && !h.join("a").exists());
     // A folder to a new name in another folder.
-    assert_eq!(fx.jail.rename(&vp("/empty"), &vp("/full/e")).unwrap(), 0);
+    let moved = books.counted(fx.jail.rename(&vp("/empty"), &vp("/full/e")).unwrap());
+    assert_no_entry_change(&moved);
     assert!(h.join("full/e/sub/moved").exists());
+    books.check("moves of folders");
 }
 
 #[test]
@@ -531,39 +766,110 @@ fn partial_upload_publishes_atomically() {
     let target = vp("/docs/a.txt");
     fs::create_dir(fx.home.join("docs")).unwrap();
     fs::write(fx.home.join("docs/a.txt"), "old").unwrap();
+    let mut books = Books::new(&fx.home);
 
     // No partial yet: nothing to remove or publish.
-    assert_eq!(fx.jail.remove_partial(&target).unwrap(), 0);
-    assert_eq!(code(fx.jail.publish_partial(&target)), ErrorCode::NotFound);
+    assert_eq!(fx.jail.remove_partial(&target).unwrap(), Change::default());
+    assert_eq!(
+        publish_code(fx.jail.publish_partial(&target)),
+        ErrorCode::NotFound
+    );
 
-    let (mut f, len) = fx.jail.open_partial(&target).unwrap();
-    assert_eq!(len, 0);
+    let opened = fx.jail.open_partial(&target, None).unwrap();
+    assert_eq!(opened.existing, 0);
+    // The partials folder and the partial: two entries, a block each.
+    let made = books.counted(opened.change);
+    assert_eq!((made.entries, made.gone), (2, None), "{made:?}");
+    assert!(made.bytes >= 2 * i64::try_from(BLOCK).unwrap(), "{made:?}");
+    books.check("the first open of a partial");
     let dir_mode = fs::metadata(fx.home.join(PARTIAL_DIR))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(dir_mode & 0o777, 0o700);
+    let mut f = opened.file;
     f.write_all(b"hel").unwrap();
+    books.wrote(0, 3);
     drop(f);
-    // Reopening resumes: no truncation.
-    let (mut f, len) = fx.jail.open_partial(&target).unwrap();
-    assert_eq!(len, 3);
+    // Reopening to resume keeps the data, and adds nothing.
+    let opened = fx.jail.open_partial(&target, Some(3)).unwrap();
+    assert_eq!(opened.existing, 3);
+    assert_eq!(books.counted(opened.change), Change::default());
+    let mut f = opened.file;
     f.seek(SeekFrom::End(0)).unwrap();
     f.write_all(b"lo").unwrap();
+    books.wrote(3, 5);
     f.sync_all().unwrap();
     assert_eq!(fs::read(fx.home.join("docs/a.txt")).unwrap(), b"old");
+    books.check("a resumed upload");
 
-    assert_eq!(fx.jail.publish_partial(&target).unwrap(), 3);
+    let (_, _, old_id) = fx.jail.open_read(&target).unwrap();
+    let replaced = books.counted(publish(&fx.jail, &target));
+    assert_removed_file(&replaced, file_charge(3));
+    assert_eq!(replaced.gone.unwrap().id, old_id);
     assert_eq!(fs::read(fx.home.join("docs/a.txt")).unwrap(), b"hello");
+    books.check("a publish over a file");
     // The partial is gone.
     assert!(names(&fx.home.join(PARTIAL_DIR)).is_empty());
-    assert_eq!(fx.jail.remove_partial(&target).unwrap(), 0);
-    assert_eq!(code(fx.jail.publish_partial(&target)), ErrorCode::NotFound);
+    assert_eq!(fx.jail.remove_partial(&target).unwrap(), Change::default());
+    assert_eq!(
+        publish_code(fx.jail.publish_partial(&target)),
+        ErrorCode::NotFound
+    );
     // Publishing to a new name replaces nothing.
     let fresh = vp("/docs/new.txt");
-    fx.jail.open_partial(&fresh).unwrap();
-    assert_eq!(fx.jail.publish_partial(&fresh).unwrap(), 0);
+    books.add(put_partial(&fx.jail, &fresh, b""));
+    assert_no_entry_change(&books.counted(publish(&fx.jail, &fresh)));
     assert!(fx.home.join("docs/new.txt").is_file());
+    books.check("a publish to a new name");
+}
+
+/// A partial is kept for a resume only if it holds no more than the client
+/// has; otherwise, or when no resume is asked, it starts empty.
+#[test]
+fn open_partial_keeps_or_empties_and_truncate_empties() {
+    let fx = Fixture::new();
+    let target = vp("/big");
+    let data = vec![b'x'; 10_000];
+    let mut books = Books::new(&fx.home);
+    books.add(put_partial(&fx.jail, &target, &data));
+    books.wrote(0, 10_000);
+    books.check("a partial of three blocks");
+
+    // Kept: the partial holds no more than the client allows.
+    for keep in [10_000, u64::MAX] {
+        let opened = fx.jail.open_partial(&target, Some(keep)).unwrap();
+        assert_eq!(opened.existing, 10_000);
+        assert_eq!(opened.file.metadata().unwrap().len(), 10_000);
+        assert_eq!(opened.change, Change::default());
+    }
+    // Emptied: it holds more, or no resume is asked.
+    for keep in [Some(9_999), None] {
+        let opened = fx.jail.open_partial(&target, keep).unwrap();
+        assert_eq!(opened.existing, 0, "{keep:?}");
+        assert_eq!(opened.file.metadata().unwrap().len(), 0, "{keep:?}");
+        // Three blocks down to one.
+        let freed = books.counted(opened.change);
+        assert_eq!(freed, Change::new(-2 * i64::try_from(BLOCK).unwrap(), 0));
+        books.check("emptying on open");
+        let mut f = opened.file;
+        f.write_all(&data).unwrap();
+        books.wrote(0, 10_000);
+    }
+    books.check("rewriting");
+
+    // A resume the client declined, after opening.
+    let opened = fx.jail.open_partial(&target, Some(u64::MAX)).unwrap();
+    assert_eq!(opened.existing, 10_000);
+    let freed = books.counted(fx.jail.truncate_partial(&opened.file, &target).unwrap());
+    assert_eq!(freed, Change::new(-2 * i64::try_from(BLOCK).unwrap(), 0));
+    assert_eq!(opened.file.metadata().unwrap().len(), 0);
+    books.check("truncate_partial");
+    // Truncating an empty partial frees nothing.
+    assert_eq!(
+        fx.jail.truncate_partial(&opened.file, &target).unwrap(),
+        Change::default()
+    );
 }
 
 #[test]
@@ -571,61 +877,208 @@ fn publish_refuses_folders_and_replaces_symlinks_themselves() {
     let fx = Fixture::new();
     fs::create_dir(fx.home.join("d")).unwrap();
     symlink(fx.outside.join("secret.txt"), fx.home.join("link")).unwrap();
+    let mut books = Books::new(&fx.home);
 
     let d = vp("/d");
-    fx.jail.open_partial(&d).unwrap().0.write_all(b"x").unwrap();
-    assert_eq!(code(fx.jail.publish_partial(&d)), ErrorCode::IsADirectory);
-    // The partial survives a refused publish.
-    assert_eq!(fx.jail.remove_partial(&d).unwrap(), 1);
+    books.add(put_partial(&fx.jail, &d, b"x"));
+    books.wrote(0, 1);
     assert_eq!(
-        code(fx.jail.publish_partial(&VPath::root())),
+        publish_code(fx.jail.publish_partial(&d)),
         ErrorCode::IsADirectory
     );
-
-    let missing = vp("/nope/x");
-    fx.jail.open_partial(&missing).unwrap();
-    assert_eq!(code(fx.jail.publish_partial(&missing)), ErrorCode::NotFound);
+    // The partial survives a refused publish.
+    assert!(partial_path(&fx, &d).is_file());
+    assert_removed_file(
+        &books.counted(fx.jail.remove_partial(&d).unwrap()),
+        file_charge(1),
+    );
+    assert_eq!(
+        publish_code(fx.jail.publish_partial(&VPath::root())),
+        ErrorCode::IsADirectory
+    );
+    books.check("refused publishes");
 
     let link = vp("/link");
-    fx.jail
-        .open_partial(&link)
-        .unwrap()
-        .0
-        .write_all(b"mine")
-        .unwrap();
-    assert_eq!(fx.jail.publish_partial(&link).unwrap(), 0);
+    books.add(put_partial(&fx.jail, &link, b"mine"));
+    books.wrote(0, 4);
+    // A symlink costs nothing and is no file a download could hold.
+    assert_no_entry_change(&books.counted(publish(&fx.jail, &link)));
     let meta = fs::symlink_metadata(fx.home.join("link")).unwrap();
     assert!(meta.is_file());
     assert_eq!(fs::read(fx.home.join("link")).unwrap(), b"mine");
+    books.check("a publish over a symlink");
     fx.assert_outside_untouched();
+}
+
+/// Where the partial for `target` lives on the server.
+fn partial_path(fx: &Fixture, target: &VPath) -> PathBuf {
+    fx.home.join(PARTIAL_DIR).join(Jail::partial_name(target))
+}
+
+/// A publish that fails keeps the partial, so the verified data can still
+/// be published once the folder is back.
+#[test]
+fn a_failed_publish_keeps_the_partial() {
+    let fx = Fixture::new();
+    let mut books = Books::new(&fx.home);
+    // A folder that never existed.
+    let missing = vp("/nope/x");
+    books.add(put_partial(&fx.jail, &missing, b"data"));
+    books.wrote(0, 4);
+    let e = fx.jail.publish_partial(&missing).unwrap_err().0;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("/nope"), "{}", e.message);
+    assert!(partial_path(&fx, &missing).is_file());
+
+    // A folder removed, then replaced by a file, during the upload.
+    let target = vp("/up/f.txt");
+    books.add(fx.jail.mkdir(&vp("/up")).unwrap());
+    books.add(put_partial(&fx.jail, &target, b"verified"));
+    books.wrote(0, 8);
+    books.add(fx.jail.rmdir(&vp("/up")).unwrap());
+    let e = fx.jail.publish_partial(&target).unwrap_err().0;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert_eq!(e.message, "the folder /up was moved away during the upload");
+    assert!(partial_path(&fx, &target).is_file());
+    fs::write(fx.home.join("up"), "").unwrap();
+    let e = fx.jail.publish_partial(&target).unwrap_err().0;
+    assert_eq!(e.code, ErrorCode::NotADirectory);
+    assert!(e.message.contains("moved away"), "{}", e.message);
+    assert_eq!(fs::read(partial_path(&fx, &target)).unwrap(), b"verified");
+    fs::remove_file(fx.home.join("up")).unwrap();
+    books.check("failed publishes");
+
+    // The folder is back: the kept partial publishes.
+    books.add(fx.jail.mkdir(&vp("/up")).unwrap());
+    assert_no_entry_change(&books.counted(publish(&fx.jail, &target)));
+    assert_eq!(fs::read(fx.home.join("up/f.txt")).unwrap(), b"verified");
+    assert!(!partial_path(&fx, &target).exists());
+    books.check("the publish once the folder is back");
 }
 
 #[test]
 fn remove_and_clean_partials_free_bytes() {
     let fx = Fixture::new();
-    assert_eq!(fx.jail.clean_stale_partials(Duration::ZERO).unwrap(), 0);
+    let none = HashSet::new();
+    assert_eq!(
+        fx.jail.clean_stale_partials(Duration::ZERO, &none).unwrap(),
+        Change::default()
+    );
 
-    let (mut f, _) = fx.jail.open_partial(&vp("/a")).unwrap();
-    f.write_all(b"1234567").unwrap();
-    assert_eq!(fx.jail.remove_partial(&vp("/a")).unwrap(), 7);
+    let mut books = Books::new(&fx.home);
+    books.add(put_partial(&fx.jail, &vp("/a"), b"1234567"));
+    books.wrote(0, 7);
+    assert_removed_file(
+        &books.counted(fx.jail.remove_partial(&vp("/a")).unwrap()),
+        file_charge(7),
+    );
 
-    fx.jail
-        .open_partial(&vp("/b"))
-        .unwrap()
-        .0
-        .write_all(b"12")
-        .unwrap();
-    fx.jail
-        .open_partial(&vp("/c"))
-        .unwrap()
-        .0
-        .write_all(b"345")
-        .unwrap();
-    let day = Duration::from_secs(86_400);
-    assert_eq!(fx.jail.clean_stale_partials(day).unwrap(), 0);
-    assert_eq!(names(&fx.home.join(PARTIAL_DIR)).len(), 2);
-    assert_eq!(fx.jail.clean_stale_partials(Duration::ZERO).unwrap(), 5);
+    for (name, data) in [("/b", &b"12"[..]), ("/c", b"345"), ("/d", b"6789")] {
+        books.add(put_partial(&fx.jail, &vp(name), data));
+        books.wrote(0, data.len() as u64);
+    }
+    books.check("three partials");
+    assert_eq!(
+        fx.jail.clean_stale_partials(DAY, &none).unwrap(),
+        Change::default()
+    );
+    assert_eq!(names(&fx.home.join(PARTIAL_DIR)).len(), 3);
+
+    // Old, but in use: kept.
+    let (b, c, d) = (vp("/b"), vp("/c"), vp("/d"));
+    for p in [&b, &c, &d] {
+        age(&partial_path(&fx, p), 2 * DAY);
+    }
+    let in_use = HashSet::from([Jail::partial_name(&b)]);
+    // Old, but opened again (a resume): fresh.
+    let opened = fx.jail.open_partial(&c, Some(u64::MAX)).unwrap();
+    assert_eq!(opened.existing, 3);
+    drop(opened);
+    let swept = books.counted(fx.jail.clean_stale_partials(DAY, &in_use).unwrap());
+    // Only `d` was left behind.
+    assert_eq!((swept.entries, swept.gone), (-1, None), "{swept:?}");
+    assert!(-swept.bytes >= i64::try_from(BLOCK).unwrap(), "{swept:?}");
+    assert!(partial_path(&fx, &b).is_file() && partial_path(&fx, &c).is_file());
+    assert!(!partial_path(&fx, &d).exists());
+    books.check("a sweep");
+
+    let swept = books.counted(fx.jail.clean_stale_partials(Duration::ZERO, &none).unwrap());
+    assert_eq!((swept.entries, swept.gone), (-2, None), "{swept:?}");
+    assert!(
+        -swept.bytes >= 2 * i64::try_from(BLOCK).unwrap(),
+        "{swept:?}"
+    );
     assert!(names(&fx.home.join(PARTIAL_DIR)).is_empty());
+    books.check("sweeping all");
+}
+
+/// The server keeps each home's cost as a recount at login plus every
+/// change since: after any sequence of changes, that must equal a recount.
+#[test]
+fn changes_add_up_to_a_recount() {
+    let fx = Fixture::new();
+    let mut books = Books::new(&fx.home);
+    books.step("mkdir /d", fx.jail.mkdir(&vp("/d")).unwrap());
+    books.step("mkdir /d/e", fx.jail.mkdir(&vp("/d/e")).unwrap());
+    // Enough long names to make /d grow beyond one block.
+    for i in 0..40 {
+        let p = vp(&format!("/d/{i:0>200}"));
+        books.step("mkdir of a long name", fx.jail.mkdir(&p).unwrap());
+    }
+    assert!(fs::metadata(fx.home.join("d")).unwrap().len() > BLOCK);
+
+    // An upload of a new file, then one over it.
+    let old = vp("/d/old");
+    let big = vec![b'x'; 10_000];
+    books.wrote(0, 10_000);
+    books.step("open_partial", put_partial(&fx.jail, &old, &big));
+    books.step("publish to a new name", publish(&fx.jail, &old));
+    books.wrote(0, 3);
+    books.step("open_partial", put_partial(&fx.jail, &old, b"new"));
+    let replaced = publish(&fx.jail, &old);
+    assert_removed_file(&replaced, file_charge(10_000));
+    books.step("publish over a file", replaced);
+
+    // A file renamed onto an existing one, across folders.
+    books.wrote(0, 10_000);
+    books.step("open_partial", put_partial(&fx.jail, &vp("/a"), &big));
+    books.step("publish", publish(&fx.jail, &vp("/a")));
+    let replaced = fx.jail.rename(&vp("/a"), &old).unwrap();
+    assert_removed_file(&replaced, file_charge(3));
+    books.step("rename onto a file", replaced);
+    books.step(
+        "rename to a new name",
+        fx.jail.rename(&old, &vp("/d/e/moved")).unwrap(),
+    );
+
+    // An upload abandoned half way, one truncated, one swept.
+    let p = vp("/p");
+    books.wrote(0, 10_000);
+    books.step("open_partial", put_partial(&fx.jail, &p, &big));
+    let opened = fx.jail.open_partial(&p, Some(u64::MAX)).unwrap();
+    books.step("resume", opened.change);
+    books.step(
+        "truncate_partial",
+        fx.jail.truncate_partial(&opened.file, &p).unwrap(),
+    );
+    books.step("remove_partial", fx.jail.remove_partial(&p).unwrap());
+    books.wrote(0, 10_000);
+    books.step("open_partial", put_partial(&fx.jail, &p, &big));
+    books.step(
+        "clean_stale_partials",
+        fx.jail
+            .clean_stale_partials(Duration::ZERO, &HashSet::new())
+            .unwrap(),
+    );
+
+    // Everything removed again.
+    books.step("remove", fx.jail.remove_file(&vp("/d/e/moved")).unwrap());
+    books.step("rmdir /d/e", fx.jail.rmdir(&vp("/d/e")).unwrap());
+    for i in 0..40 {
+        let p = vp(&format!("/d/{i:0>200}"));
+        books.step("rmdir of a long name", fx.jail.rmdir(&p).unwrap());
+    }
+    books.step("rmdir /d", fx.jail.rmdir(&vp("/d")).unwrap());
 }
 
 /// A helper thread flips `/sw` between a real folder and a symlink to
@@ -672,7 +1125,7 @@ fn racing_symlink_swaps_never_escape() {
         let r = fx.jail.open_read(&vp("/sw/secret.txt"));
         if ok(&r) {
             opened += 1;
-            let (f, _) = r.unwrap();
+            let (f, _, _) = r.unwrap();
             assert_eq!(read_all(f), b"in");
         } else {
             refused += 1;
@@ -692,10 +1145,11 @@ fn racing_symlink_swaps_never_escape() {
         }
         ok(&fx.jail.remove_file(&vp("/sw/gone.txt")));
         let up = vp("/sw/up.txt");
-        if let Ok((mut f, 0)) = fx.jail.open_partial(&up) {
-            f.write_all(b"upload").unwrap();
+        if let Ok(mut opened) = fx.jail.open_partial(&up, None) {
+            assert_eq!(opened.existing, 0);
+            opened.file.write_all(b"upload").unwrap();
         }
-        ok(&fx.jail.publish_partial(&up));
+        ok(&fx.jail.publish_partial(&up).map_err(|e| e.0));
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);

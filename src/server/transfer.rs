@@ -54,6 +54,8 @@ pub struct Opening {
     slot: FileSlot,
     size: u64,
     resume: bool,
+    /// What `put_start` reserved (0 if a new file would not fit).
+    reserved: u64,
 }
 
 impl Upload {
@@ -198,28 +200,40 @@ pub fn put_start(
         };
         return defer(st, tx, ctx, op, deferred);
     };
-    if let Err((code, message)) = ctx.accounts.reserve(&user, OPEN_SLACK) {
-        log!(Info, "{} {user} put {path}: {message}", st.peer);
-        ctx.send_error(tx, code, &message);
-        return Phase::Ready;
-    }
+    // Reserve as for a new file. If that does not fit, only a resume can
+    // go on (it may need less), and only if a partial is there: nothing
+    // is created for an upload the quota cannot take.
+    let full = still_needed(size, 0).saturating_add(OPEN_SLACK);
+    let reserved = match ctx.accounts.reserve(&user, full) {
+        Ok(()) => full,
+        Err((code, message)) if !resume => {
+            log!(Info, "{} {user} put {path}: {message}", st.peer);
+            ctx.send_error(tx, code, &message);
+            return Phase::Ready;
+        }
+        Err(_) => 0,
+    };
     if let Some(acc) = ctx.accounts.get_mut(&user) {
         acc.uploads.insert(path.clone());
     }
-    let opening = Box::new(Opening {
+    let opening = Opening {
         user: user.clone(),
         path,
         jail,
         slot,
         size,
         resume,
-    });
+        reserved,
+    };
     let job = move || {
         let opened = check_target(&opening.jail, &opening.path).and_then(|()| {
+            if opening.reserved == 0 && opening.jail.partial_len(&opening.path)?.is_none() {
+                return Err(FsError::new(ErrorCode::QuotaExceeded, "no partial"));
+            }
             let keep_up_to = opening.resume.then_some(opening.size);
             opening.jail.open_partial(&opening.path, keep_up_to)
         });
-        Step::Done(JobResult::UploadOpened(opening, opened))
+        Step::Done(JobResult::UploadOpened(Box::new(opening), opened))
     };
     ctx.worker
         .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
@@ -296,13 +310,28 @@ pub fn upload_opened(
         slot,
         size,
         resume,
+        reserved,
     } = opening;
-    ctx.accounts.release(&user, OPEN_SLACK);
+    ctx.accounts.release(&user, reserved);
     let opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
             if let Some(acc) = ctx.accounts.get_mut(&user) {
                 acc.uploads.remove(&path);
+            }
+            if e.code == ErrorCode::QuotaExceeded {
+                // Nothing to resume, and a new file does not fit: say so
+                // in the figures of a new file.
+                let need = still_needed(size, 0);
+                let available = ctx.accounts.quota_info(&user).available();
+                let message = format!(
+                    "quota exceeded: need {}, {} available",
+                    format_size(need),
+                    format_size(available)
+                );
+                log!(Info, "{} {user} put {path}: {message}", st.peer);
+                ctx.send_error(tx, ErrorCode::QuotaExceeded, &message);
+                return Phase::Ready;
             }
             if e.code == ErrorCode::Unavailable {
                 drop(slot);
