@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::log::quoted;
 use crate::jail::{Jail, VPath};
 use crate::proto::{ErrorCode, KdfParams, QuotaInfo};
 use crate::scram::{self, StoredKeys};
@@ -120,7 +121,7 @@ impl Accounts {
                         },
                     );
                 }
-                Err(e) => log!(Error, "user {}: home not usable: {e}", user.name),
+                Err(e) => log!(Error, "user {}: home not usable: {e}", quoted(&user.name)),
             }
         }
         self.map.retain(|name, acc| {
@@ -143,9 +144,14 @@ impl Accounts {
             Ok(0) => {}
             Ok(freed) => log!(
                 Info,
-                "user {name}: removed stale partial uploads ({freed} bytes)"
+                "user {}: removed stale partial uploads ({freed} bytes)",
+                quoted(name)
             ),
-            Err(e) => log!(Warn, "user {name}: sweeping partial uploads failed: {e}"),
+            Err(e) => log!(
+                Warn,
+                "user {}: sweeping partial uploads failed: {e}",
+                quoted(name)
+            ),
         }
         let used = usage::disk_usage(&home)?;
         Ok((jail, used))

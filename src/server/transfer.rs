@@ -687,7 +687,8 @@ pub fn log_download(st: &State, down: &Download, outcome: &str) {
 }
 
 /// The access-log line of a transfer: who, from where, what, how much, how
-/// fast, its CRC32 and how it ended.
+/// fast, its CRC32 and how it ended. Each field is one `key=value` token:
+/// the strings are quoted, so a name cannot pose as more fields.
 fn log_transfer(
     st: &State,
     dir: &str,
@@ -697,12 +698,15 @@ fn log_transfer(
     crc: u32,
     outcome: &str,
 ) {
+    use crate::server::log::quoted;
     let secs = began.elapsed().as_secs_f64();
     log!(
         Info,
-        "transfer user={} addr={} dir={dir} path={path} bytes={moved} secs={secs:.3} rate={}/s crc32={crc:08x} outcome={outcome}",
-        st.user(),
+        "transfer user={} addr={} dir={dir} path={} bytes={moved} secs={secs:.3} rate=\"{}/s\" crc32={crc:08x} outcome={}",
+        quoted(st.user()),
         st.peer,
+        quoted(path),
         format_size((moved as f64 / secs.max(1e-6)) as u64),
+        quoted(outcome),
     );
 }
