@@ -247,7 +247,7 @@ struct Queue {
 /// What the reactor and the logging thread both see.
 #[derive(Default)]
 struct Shared {
-    /// Bytes of lines queued and not yet written (or discarded).
+    /// Bytes the queued lines hold (their capacity), until written.
     bytes: AtomicUsize,
     /// Lines dropped since the last report of drops.
     dropped: AtomicU64,
@@ -294,7 +294,7 @@ impl Queue {
 
     /// Queues a line if both the line count and the byte budget allow.
     fn push(&self, line: String) -> bool {
-        let len = line.len();
+        let len = line.capacity();
         let before = self.shared.bytes.fetch_add(len, Ordering::Relaxed);
         if before.saturating_add(len) > QUEUE_BYTES || self.tx.try_send(line).is_err() {
             self.shared.bytes.fetch_sub(len, Ordering::Relaxed);
@@ -319,9 +319,13 @@ fn drain(rx: Receiver<String>, shared: &Shared) {
     while let Ok(first) = rx.recv() {
         batch.clear();
         batch.push_str(&first);
+        let mut freed = first.capacity();
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(line) => batch.push_str(&line),
+                Ok(line) => {
+                    batch.push_str(&line);
+                    freed += line.capacity();
+                }
                 Err(_) => break,
             }
         }
@@ -329,8 +333,8 @@ fn drain(rx: Receiver<String>, shared: &Shared) {
             // Nobody will read a closed pipe again; other errors may pass.
             broken = e.kind() == io::ErrorKind::BrokenPipe;
         }
-        let before = shared.bytes.fetch_sub(batch.len(), Ordering::Relaxed);
-        if before == batch.len() {
+        let before = shared.bytes.fetch_sub(freed, Ordering::Relaxed);
+        if before == freed {
             let _held = shared.idle.lock().unwrap_or_else(|e| e.into_inner());
             shared.drained.notify_all();
         }
@@ -448,5 +452,42 @@ mod tests {
         let line = format_line(Level::Info, format_args!("{long}"));
         assert!(line.len() <= MAX_LINE + 32, "{}", line.len());
         assert!(line.ends_with(" [line cut]\n"));
+    }
+
+    #[test]
+    fn a_full_queue_drops_counts_and_reports_in_place() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let queue = Queue {
+            tx,
+            shared: Arc::default(),
+        };
+        let line = |n: usize| format_line(Level::Info, format_args!("line {n}"));
+        for n in 0..5 {
+            queue.offer(line(n));
+        }
+        assert_eq!(queue.shared.dropped.load(Ordering::Relaxed), 3);
+        let got: Vec<String> = rx.try_iter().collect();
+        assert_eq!(got, [line(0), line(1)]);
+        queue.offer(line(5));
+        let got: Vec<String> = rx.try_iter().collect();
+        assert_eq!(got, [drop_notice(3), line(5)]);
+        assert_eq!(queue.shared.dropped.load(Ordering::Relaxed), 0);
+        assert!(drop_notice(3).contains("log: 3 lines dropped here"));
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_the_queue_too() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let queue = Queue {
+            tx,
+            shared: Arc::default(),
+        };
+        let long = "x".repeat(MAX_LINE);
+        for _ in 0..QUEUE_LINES {
+            queue.offer(format_line(Level::Info, format_args!("{long}")));
+        }
+        let held: usize = rx.try_iter().map(|l| l.capacity()).sum();
+        assert!(held <= QUEUE_BYTES, "{held}");
+        assert!(queue.shared.dropped.load(Ordering::Relaxed) > 0);
     }
 }
