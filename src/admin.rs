@@ -6,7 +6,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use std::fs::{self, DirBuilder};
-use std::io::{self, BufRead, IsTerminal, Read};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -90,7 +90,8 @@ pub fn run(root: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::List => list_users(root)?,
         UserCommand::Quota { name, size } => set_quota(root, &name, &size)?,
     };
-    println!("{report}");
+    // The change is made; a closed stdout only loses the report.
+    let _ = writeln!(io::stdout(), "{report}");
     Ok(())
 }
 
@@ -215,7 +216,7 @@ fn list_users(root: &Path) -> anyhow::Result<String> {
                 Ok(bytes) => format_size(bytes),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => "no home".to_owned(),
                 Err(e) => {
-                    eprintln!("warning: {e}");
+                    let _ = writeln!(io::stderr(), "warning: {e}");
                     "?".to_owned()
                 }
             };

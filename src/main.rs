@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ftpd::admin::UserCommand;
@@ -86,10 +87,12 @@ fn main() -> ExitCode {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),
         None => serve(cli.root, cli.serve),
     };
+    log::flush(LOG_FLUSH_WAIT);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ftpd: {e:#}");
+            // A closed stderr must not turn a clean error into a panic.
+            let _ = writeln!(std::io::stderr(), "ftpd: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
 
 fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     log::set_level(args.log_level);
+    log::start().context("starting the logging thread")?;
     raise_open_files_limit(args.max_conns);
     let cfg = Config {
         listen: args.listen,
@@ -119,13 +123,17 @@ fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
-    // Scripts and tests read this first line to learn the real port.
+    // Scripts and tests read this first line to learn the real port; with
+    // nobody reading stdout the server still serves.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {addr}")?;
-    out.flush()?;
+    let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
     drop(out);
     server.run()
 }
+
+/// How long a stopping server waits for its log to be written: long enough
+/// for a slow reader, short enough that a stalled one cannot hold it up.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Each connection is a file descriptor, and a transfer holds a second one:
 /// raise the limit so thousands of sessions do not fail on a default of

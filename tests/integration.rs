@@ -7,6 +7,7 @@ mod faults;
 mod files;
 mod hostile;
 mod load;
+mod logging;
 mod login;
 mod memory;
 mod props;

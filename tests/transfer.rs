@@ -1181,10 +1181,10 @@ fn no_resume_starts_over() {
     assert!(!stderr(&out).contains("resuming"), "{}", stderr(&out));
     let line = env
         .server
-        .wait_log("dir=put path=/big.bin", WAIT)
+        .wait_log("dir=put path=\"/big.bin\"", WAIT)
         .expect("upload logged");
     assert!(
-        line.contains(&format!("bytes={} ", data.len())) && line.contains("outcome=ok"),
+        line.contains(&format!("bytes={} ", data.len())) && line.contains("outcome=\"ok\""),
         "{line}"
     );
     assert_content(&env.home().join("big.bin"), &data);
@@ -1198,7 +1198,7 @@ fn no_resume_starts_over() {
     assert!(!stderr(&out).contains("resuming"), "{}", stderr(&out));
     let line = env
         .server
-        .wait_log("dir=get path=/big.bin", WAIT)
+        .wait_log("dir=get path=\"/big.bin\"", WAIT)
         .expect("download logged");
     assert!(line.contains(&format!("bytes={} ", data.len())), "{line}");
     assert_content(&env.local("back.bin"), &data);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::log::quoted;
 use crate::jail::{Change, FileId, Jail, VPath};
 use crate::proto::{ErrorCode, KdfParams, QuotaInfo};
 use crate::scram::{self, StoredKeys};
@@ -95,10 +96,15 @@ pub fn open_home(root: &Path, name: &str, partial_ttl: Duration) -> std::io::Res
         Ok(change) if change.bytes == 0 => {}
         Ok(change) => log!(
             Info,
-            "user {name}: removed stale partial uploads ({} bytes)",
+            "user {}: removed stale partial uploads ({} bytes)",
+            quoted(name),
             change.bytes.unsigned_abs()
         ),
-        Err(e) => log!(Warn, "user {name}: sweeping partial uploads failed: {e}"),
+        Err(e) => log!(
+            Warn,
+            "user {}: sweeping partial uploads failed: {e}",
+            quoted(name)
+        ),
     }
     let usage = usage::tally(&home)?;
     Ok(OpenedHome { jail, usage })
@@ -208,7 +214,7 @@ impl Accounts {
                     },
                 );
             }
-            Err(e) => log!(Error, "user {name}: home not usable: {e}"),
+            Err(e) => log!(Error, "user {}: home not usable: {e}", quoted(name)),
         }
     }
 

@@ -190,7 +190,7 @@ pub fn defer(
             Warn,
             "{} {}: out of file descriptors for too long; giving up",
             st.peer,
-            st.user()
+            clean(st.user())
         );
         ctx.send_error(
             tx,
@@ -610,7 +610,7 @@ fn login_proof(
             server_signature: signature.to_vec(),
         },
     );
-    log!(Info, "{} login {}", st.peer, ch.user);
+    log!(Info, "{} login {}", st.peer, clean(&ch.user));
     st.login = Some(LoggedIn {
         user: ch.user,
         cwd: VPath::root(),
@@ -834,14 +834,19 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
             if change.bytes != 0 {
                 log!(
                     Info,
-                    "user {user}: removed stale partial uploads ({} bytes)",
+                    "user {}: removed stale partial uploads ({} bytes)",
+                    clean(&user),
                     change.bytes.unsigned_abs()
                 );
             }
             ctx.accounts.apply(&user, change);
         }
         JobResult::Swept(user, Err(e)) => {
-            log!(Warn, "user {user}: sweeping partial uploads failed: {e}")
+            log!(
+                Warn,
+                "user {}: sweeping partial uploads failed: {e}",
+                clean(&user)
+            )
         }
         JobResult::HomeOpened(user, opened) => ctx.accounts.opened(&user, opened),
     }
@@ -885,7 +890,12 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
         phase @ (Phase::Ready | Phase::Listing(_)) => {
             st.phase = phase;
             let secs = ctx.cfg.idle_timeout.as_secs();
-            log!(Info, "{} {} idle for {secs} s; closing", st.peer, st.user());
+            log!(
+                Info,
+                "{} {} idle for {secs} s; closing",
+                st.peer,
+                clean(st.user())
+            );
             ctx.send_error(
                 tx,
                 ErrorCode::Timeout,
@@ -901,7 +911,7 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
                 Info,
                 "{} {} transfer stalled for {secs} s; closing",
                 st.peer,
-                st.user()
+                clean(st.user())
             );
             ctx.send_error(
                 tx,
@@ -934,6 +944,6 @@ pub fn closed(st: &mut State, ctx: &mut Ctx) {
         if let Some(acc) = ctx.accounts.get_mut(&login.user) {
             acc.sessions = acc.sessions.saturating_sub(1);
         }
-        log!(Debug, "{} logout {}", st.peer, login.user);
+        log!(Debug, "{} logout {}", st.peer, clean(&login.user));
     }
 }

@@ -28,6 +28,7 @@ use crc32fast::Hasher;
 
 use super::SERVER_JOB;
 use super::fds::FileSlot;
+use super::log::quoted;
 use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
 use super::worker::{Job, Lane, Step};
 use crate::buf::Buffer;
@@ -207,7 +208,13 @@ pub fn put_start(
     let reserved = match ctx.accounts.reserve(&user, full) {
         Ok(()) => full,
         Err((code, message)) if !resume => {
-            log!(Info, "{} {user} put {path}: {message}", st.peer);
+            log!(
+                Info,
+                "{} {} put {}: {message}",
+                st.peer,
+                quoted(&user),
+                quoted(&path)
+            );
             ctx.send_error(tx, code, &message);
             return Phase::Ready;
         }
@@ -329,7 +336,13 @@ pub fn upload_opened(
                     format_size(need),
                     format_size(available)
                 );
-                log!(Info, "{} {user} put {path}: {message}", st.peer);
+                log!(
+                    Info,
+                    "{} {} put {}: {message}",
+                    st.peer,
+                    quoted(&user),
+                    quoted(&path)
+                );
                 ctx.send_error(tx, ErrorCode::QuotaExceeded, &message);
                 return Phase::Ready;
             }
@@ -361,7 +374,13 @@ pub fn upload_opened(
         began: ctx.now,
     });
     if let Err((code, message)) = ctx.accounts.reserve(&up.user, need) {
-        log!(Info, "{} {} put {}: {message}", st.peer, up.user, up.path);
+        log!(
+            Info,
+            "{} {} put {}: {message}",
+            st.peer,
+            quoted(&up.user),
+            quoted(&up.path)
+        );
         ctx.send_error(tx, code, &message);
         end_upload(ctx, *up, UploadEnd::Keep, "quota exceeded");
         return Phase::Ready;
@@ -401,8 +420,8 @@ pub fn offer_upload(
                 Warn,
                 "{} {} partial of {} unreadable ({e}); starting over",
                 st.peer,
-                up.user,
-                up.path
+                quoted(&up.user),
+                quoted(&up.path)
             );
             return restart(st, ctx, up, Restarted::Offer);
         }
@@ -508,8 +527,8 @@ pub fn put_from(
             Info,
             "{} {} put {}: resuming at {}",
             st.peer,
-            up.user,
-            up.path,
+            quoted(&up.user),
+            quoted(&up.path),
             format_size(offset)
         );
     }
@@ -563,8 +582,8 @@ pub fn put_chunk(
             Error,
             "{} {} put {}: write failed: {e}",
             st.peer,
-            up.user,
-            up.path
+            quoted(&up.user),
+            quoted(&up.path)
         );
         log_upload(st, &up, "write failed");
         end_upload(ctx, *up, UploadEnd::Delete, "write failed");
@@ -734,8 +753,8 @@ pub fn end_upload(ctx: &mut Ctx, up: Upload, end: UploadEnd, why: &str) {
             log!(
                 Info,
                 "put {} {}: {why}; {} kept for resume",
-                up.user,
-                up.path,
+                quoted(&up.user),
+                quoted(&up.path),
                 format_size(up.written)
             );
             not_busy(ctx, &up.user, &up.path);
@@ -765,7 +784,9 @@ pub fn partial_removed(ctx: &mut Ctx, user: &str, path: &VPath, result: Result<C
         Ok(change) => ctx.accounts.apply(user, change),
         Err(e) => log!(
             Warn,
-            "put {user} {path}: partial not removed: {}",
+            "put {} {}: partial not removed: {}",
+            quoted(user),
+            quoted(path),
             e.message
         ),
     }
@@ -886,8 +907,8 @@ pub fn begin_download(
             Info,
             "{} {} get {}: resuming at {}",
             st.peer,
-            down.user,
-            down.path,
+            quoted(&down.user),
+            quoted(&down.path),
             format_size(offset)
         );
     }
@@ -991,7 +1012,8 @@ pub fn release_download(ctx: &mut Ctx, down: Download) {
 }
 
 /// The access-log line of a transfer: who, from where, what, how much, how
-/// fast, its CRC32 and how it ended.
+/// fast, its CRC32 and how it ended. Each field is one `key=value` token:
+/// the strings are quoted, so a name cannot pose as more fields.
 fn log_transfer(
     st: &State,
     dir: &str,
@@ -1001,12 +1023,15 @@ fn log_transfer(
     crc: u32,
     outcome: &str,
 ) {
+    use crate::server::log::quoted;
     let secs = began.elapsed().as_secs_f64();
     log!(
         Info,
-        "transfer user={} addr={} dir={dir} path={path} bytes={moved} secs={secs:.3} rate={}/s crc32={crc:08x} outcome={outcome}",
-        st.user(),
+        "transfer user={} addr={} dir={dir} path={} bytes={moved} secs={secs:.3} rate=\"{}/s\" crc32={crc:08x} outcome={}",
+        quoted(st.user()),
         st.peer,
+        quoted(path),
         format_size((moved as f64 / secs.max(1e-6)) as u64),
+        quoted(outcome),
     );
 }
