@@ -11,6 +11,7 @@ use ftpd::proto::{EntryKind, ErrorCode, MAX_LIST_ENTRIES, Reply, Request};
 use crate::conn::Conn;
 use crate::display;
 use crate::error::Failure;
+use crate::pace::Awaiting;
 use crate::transfer;
 
 /// A command that works on a session (the shell adds `cd` and `exit`).
@@ -114,8 +115,9 @@ fn ping(conn: &mut Conn) -> anyhow::Result<()> {
 fn ls(conn: &mut Conn, path: &str) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     conn.send(&Request::List { path: path.into() })?;
+    let mut pace = conn.pace(Awaiting::Listing);
     let (total, truncated) = loop {
-        match conn.recv() {
+        match conn.recv_paced(&pace) {
             Ok(Reply::Entries(batch)) => {
                 // Bound memory even if the server ignores its own cap.
                 if entries.len() + batch.len() > MAX_LIST_ENTRIES {
@@ -124,6 +126,7 @@ fn ls(conn: &mut Conn, path: &str) -> anyhow::Result<()> {
                     ))
                     .into());
                 }
+                pace.advance(batch.len() as u64);
                 entries.extend(batch);
             }
             Ok(Reply::ListEnd { total, truncated }) => break (total, truncated),

@@ -5,6 +5,10 @@
 //! borrows from it), so a downloaded chunk goes from the socket buffer to the
 //! file without another copy. The buffer is bounded: a frame never exceeds
 //! `MAX_FRAME`, and the length is checked before waiting for the body.
+//!
+//! Every read and write waits under a [`Pace`], whose deadline the socket's
+//! time-out is set to before each call, so no wait outlasts the rule in
+//! `pace.rs` however the server spaces its bytes.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -16,14 +20,10 @@ use ftpd::scram;
 
 use crate::display::sanitize;
 use crate::error::Failure;
+use crate::pace::{Awaiting, Pace};
 
 /// How long to wait for the TCP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long one read or write may block. The server answers every request
-/// promptly (it is single-threaded and never waits on a client), so a
-/// minute of silence means it or the network is gone.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Shortest server nonce we accept: below 128 bits a replayed or predictable
 /// challenge becomes plausible.
@@ -53,11 +53,14 @@ pub struct Conn {
     server: String,
     /// The protocol version the server speaks.
     version: u32,
+    /// How long a reply may take, and a stream may go without a step of
+    /// progress (`--timeout`).
+    timeout: Duration,
 }
 
 impl Conn {
     /// Connects to `addr` ("host:port") and exchanges `Hello`.
-    pub fn connect(addr: &str) -> Result<Conn, Failure> {
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Conn, Failure> {
         let cannot =
             |e: &dyn std::fmt::Display| Failure::Link(format!("cannot connect to {addr}: {e}"));
         let addrs = addr.to_socket_addrs().map_err(|e| cannot(&e))?;
@@ -77,14 +80,9 @@ impl Conn {
             (None, Some(e)) => return Err(cannot(&e)),
             (None, None) => return Err(cannot(&"no address found")),
         };
-        let setup = || -> std::io::Result<()> {
-            // Requests are small and answered one by one: do not let Nagle
-            // hold them back waiting for an ACK.
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(IO_TIMEOUT))?;
-            stream.set_write_timeout(Some(IO_TIMEOUT))
-        };
-        setup().map_err(|e| cannot(&e))?;
+        // Requests are small and answered one by one: do not let Nagle
+        // hold them back waiting for an ACK.
+        stream.set_nodelay(true).map_err(|e| cannot(&e))?;
         let mut conn = Conn {
             stream,
             rx: vec![0; RX_CAP].into_boxed_slice(),
@@ -94,6 +92,7 @@ impl Conn {
             tx: Vec::with_capacity(1024),
             server: String::new(),
             version: 0,
+            timeout,
         };
         conn.hello()?;
         Ok(conn)
@@ -202,24 +201,48 @@ impl Conn {
         }
     }
 
+    /// How long a reply may take (`--timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Starts waiting for a stream of `awaiting`, under `--timeout`.
+    pub fn pace(&self, awaiting: Awaiting) -> Pace {
+        Pace::start(awaiting, self.timeout)
+    }
+
     /// Sends one request.
     pub fn send(&mut self, req: &Request) -> Result<(), Failure> {
         self.tx.clear();
         frame::encode_into(req, &mut self.tx)
             .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))?;
+        let mut pace = self.pace(Awaiting::Request);
         let Conn { stream, tx, .. } = self;
-        write_all(stream, tx)
+        write_paced(stream, tx, &mut pace)
     }
 
-    /// Sends bytes that are already framed (upload chunks).
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        write_all(&mut self.stream, bytes)
+    /// Sends bytes that are already framed (upload chunks), counting them
+    /// as progress of `pace`.
+    pub fn send_paced(&mut self, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
+        write_paced(&mut self.stream, bytes, pace)
     }
 
-    /// Receives the next reply. An `Error` reply becomes
-    /// [`Failure::Refused`]; the reply borrows the receive buffer until the
-    /// next call.
+    /// Receives the next reply, which must arrive whole within `--timeout`.
+    /// An `Error` reply becomes [`Failure::Refused`]; the reply borrows the
+    /// receive buffer until the next call.
     pub fn recv(&mut self) -> Result<Reply<'_>, Failure> {
+        self.recv_within(self.timeout)
+    }
+
+    /// Like [`Conn::recv`], with a time-out of its own (a `PutDone` may
+    /// follow a long `fsync`).
+    pub fn recv_within(&mut self, timeout: Duration) -> Result<Reply<'_>, Failure> {
+        self.recv_paced(&Pace::start(Awaiting::Reply, timeout))
+    }
+
+    /// Receives the next frame of a stream before `pace`'s deadline; the
+    /// caller counts the progress it brings.
+    pub fn recv_paced(&mut self, pace: &Pace) -> Result<Reply<'_>, Failure> {
         self.start += std::mem::take(&mut self.lent);
         let len = loop {
             let data = &self.rx[self.start..self.end];
@@ -234,16 +257,24 @@ impl Conn {
                     break HEADER_LEN + body;
                 }
             }
-            self.fill()?;
+            self.fill(pace)?;
         };
         self.lent = len;
         let frame = &self.rx[self.start..self.start + len];
-        match frame::decode::<Reply>(frame) {
-            Ok(Some((Reply::Error { code, message }, _))) => Err(Failure::refused(code, &message)),
-            Ok(Some((reply, _))) => Ok(reply),
+        let reply = match frame::decode::<Reply>(frame) {
+            Ok(Some((reply, _))) => reply,
             // Cannot happen: the whole frame was checked to be present.
-            Ok(None) => Err(Failure::Link("protocol error: incomplete frame".into())),
-            Err(e) => Err(Failure::Link(format!("protocol error: {e}"))),
+            Ok(None) => return Err(Failure::Link("protocol error: incomplete frame".into())),
+            Err(e) => return Err(Failure::Link(format!("protocol error: {e}"))),
+        };
+        if let Err(v) = reply.check() {
+            return Err(Failure::Link(format!(
+                "protocol error: the server sent {v}"
+            )));
+        }
+        match reply {
+            Reply::Error { code, message } => Err(Failure::refused(code, &message)),
+            reply => Ok(reply),
         }
     }
 
@@ -261,8 +292,8 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the receive buffer.
-    fn fill(&mut self) -> Result<(), Failure> {
+    /// Reads more bytes into the receive buffer before `pace`'s deadline.
+    fn fill(&mut self, pace: &Pace) -> Result<(), Failure> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         } else if self.rx.len() - self.end < MIN_READ {
@@ -270,15 +301,18 @@ impl Conn {
             (self.start, self.end) = (0, self.end - self.start);
         }
         loop {
+            // Only fails for a zero duration, which `left` never is.
+            let _ = self.stream.set_read_timeout(Some(pace.left()?));
             match self.stream.read(&mut self.rx[self.end..]) {
                 Ok(0) => return Err(Failure::Link("the server closed the connection".into())),
                 Ok(n) => {
                     self.end += n;
                     return Ok(());
                 }
-                // A signal arrived; nothing was read.
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_failure(&e, "waiting for the server")),
+                // A signal arrived, or the socket's time-out ran out; `left`
+                // says whether the deadline has passed.
+                Err(e) if is_retry(&e) => continue,
+                Err(e) => return Err(lost(&e, "waiting for the server")),
             }
         }
     }
@@ -303,13 +337,6 @@ impl Conn {
         waiting
     }
 
-    /// Changes how long a read may block (a `PutDone` may follow a long
-    /// `fsync`).
-    pub fn set_read_timeout(&self, timeout: Duration) {
-        // Only fails for a zero duration, which callers never pass.
-        let _ = self.stream.set_read_timeout(Some(timeout));
-    }
-
     /// Ends the session politely. Errors are ignored: the session is over
     /// either way.
     pub fn bye(mut self) {
@@ -319,18 +346,40 @@ impl Conn {
     }
 }
 
-fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Failure> {
-    // `write_all` retries `Interrupted` itself.
-    stream
-        .write_all(bytes)
-        .map_err(|e| io_failure(&e, "sending to the server"))
+/// Writes all of `bytes` before `pace`'s deadline, counting what the
+/// server takes as progress.
+fn write_paced(stream: &mut TcpStream, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // Only fails for a zero duration, which `left` never is.
+        let _ = stream.set_write_timeout(Some(pace.left()?));
+        match stream.write(rest) {
+            Ok(0) => {
+                let e = std::io::Error::from(ErrorKind::WriteZero);
+                return Err(lost(&e, "sending to the server"));
+            }
+            Ok(n) => {
+                rest = &rest[n..];
+                pace.advance(n as u64);
+            }
+            // As in `fill`: `left` decides whether time is up.
+            Err(e) if is_retry(&e) => continue,
+            Err(e) => return Err(lost(&e, "sending to the server")),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a socket call ended without failing: a signal, or the socket's
+/// time-out (which shows up as either kind, depending on the platform).
+fn is_retry(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut
+    )
 }
 
 /// Words for a socket error.
-fn io_failure(e: &std::io::Error, doing: &str) -> Failure {
-    match e.kind() {
-        // A socket timeout shows up as either, depending on the platform.
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => Failure::Link(format!("timed out {doing}")),
-        _ => Failure::Link(format!("connection lost while {doing}: {e}")),
-    }
+fn lost(e: &std::io::Error, doing: &str) -> Failure {
+    Failure::Link(format!("connection lost while {doing}: {e}"))
 }

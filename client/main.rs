@@ -1,7 +1,7 @@
 //! `ftpc`: the command-line client of `ftpd`.
 //!
 //! ```text
-//! ftpc [--server HOST:PORT] [--user NAME] [--password-file FILE] [--quiet] COMMAND ...
+//! ftpc [--server HOST:PORT] [--user NAME] [--password-file FILE] [--quiet] [--timeout S] COMMAND ...
 //! ```
 //!
 //! The password comes from `FTPC_PASSWORD`, else the first line of
@@ -29,6 +29,7 @@ mod commands;
 mod conn;
 mod display;
 mod error;
+mod pace;
 mod progress;
 mod shell;
 mod transfer;
@@ -36,6 +37,7 @@ mod transfer;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -65,6 +67,11 @@ struct Cli {
     /// Print no progress, notes or summaries on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Seconds to wait for the server: for a whole reply, or for each
+    /// step of progress in a listing or a transfer (see README).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
     #[command(subcommand)]
     command: Option<TopCommand>,
 }
@@ -103,7 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     if let TopCommand::Session(Command::Ping) = command {
-        let mut conn = Conn::connect(&cli.server)?;
+        let mut conn = Conn::connect(&cli.server, Duration::from_secs(cli.timeout))?;
         commands::run(&mut conn, &Command::Ping, cli.quiet)?;
         conn.bye();
         return Ok(());
@@ -114,7 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
-    let mut conn = Conn::connect(&cli.server)?;
+    let mut conn = Conn::connect(&cli.server, Duration::from_secs(cli.timeout))?;
     conn.login(user, password.as_bytes())?;
     drop(password);
     match command {

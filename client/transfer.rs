@@ -17,8 +17,9 @@ use ftpd::proto::{CHUNK_SIZE, Reply, Request};
 use ftpd::size::format_size;
 
 use crate::commands::is_remote_dir;
-use crate::conn::{Conn, IO_TIMEOUT};
+use crate::conn::Conn;
 use crate::error::Failure;
+use crate::pace::Awaiting;
 use crate::progress::{Direction, Progress, note};
 
 /// postcard's variant index of [`Request::Chunk`], for [`chunk_header`]
@@ -124,18 +125,13 @@ pub fn put(
     }
     let crc32 = hasher.finalize();
     conn.send(&Request::PutEnd { crc32 })?;
-    conn.set_read_timeout(PUT_DONE_TIMEOUT);
-    let reply = conn.recv();
-    let done = match reply {
-        Ok(Reply::PutDone {
+    let (their_size, their_crc) = match conn.recv_within(PUT_DONE_TIMEOUT.max(conn.timeout()))? {
+        Reply::PutDone {
             size: their_size,
             crc32: their_crc,
-        }) => Ok((their_size, their_crc)),
-        Ok(other) => Err(Failure::unexpected("PutDone", &other)),
-        Err(e) => Err(e),
+        } => (their_size, their_crc),
+        other => return Err(Failure::unexpected("PutDone", &other).into()),
     };
-    conn.set_read_timeout(IO_TIMEOUT);
-    let (their_size, their_crc) = done?;
     if (their_size, their_crc) != (size, crc32) {
         return Err(Failure::Integrity(format!(
             "the server stored {their_size} bytes with crc32 {their_crc:08x}, \
@@ -200,6 +196,7 @@ fn send_chunks(
 ) -> Result<Sent, Failure> {
     let mut pos = start;
     let mut writes = 0u64;
+    let mut pace = conn.pace(Awaiting::Upload);
     while pos < size {
         let mut used = 0;
         let batch_start = pos;
@@ -222,7 +219,7 @@ fn send_chunks(
             used += n;
             pos += n as u64;
         }
-        conn.send_raw(&buf[..used])?;
+        conn.send_paced(&buf[..used], &mut pace)?;
         progress.inc(pos - batch_start);
         writes += 1;
         if writes.is_multiple_of(WRITES_PER_CHECK) && conn.reply_waiting() {
@@ -312,8 +309,11 @@ pub fn get(
     }
 
     let progress = Progress::start(Direction::Received, remote, size, offset, quiet);
-    let their_crc = receive_chunks(conn, &mut file, &mut hasher, size, offset, &progress)
-        .with_context(|| format!("cannot write {shown}"))?;
+    let sink = Sink {
+        out: &mut file,
+        failed: &format!("cannot write {shown}"),
+    };
+    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, &progress)?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {
         drop(file);
@@ -335,12 +335,18 @@ pub fn get(
     Ok(())
 }
 
+/// Where a download's bytes go, and what to say when writing there fails.
+struct Sink<'a, W> {
+    out: &'a mut W,
+    failed: &'a str,
+}
+
 /// Receives a download's chunks into `sink` up to `GetDone`, whose CRC32
 /// it returns. After a local write error it keeps reading to the end, so
 /// the session stays in step, and reports the error then.
 fn receive_chunks(
     conn: &mut Conn,
-    sink: &mut impl Write,
+    sink: Sink<impl Write>,
     hasher: &mut Hasher,
     size: u64,
     offset: u64,
@@ -349,8 +355,9 @@ fn receive_chunks(
     let want = size - offset;
     let mut got = 0u64;
     let mut write_error = None;
+    let mut pace = conn.pace(Awaiting::Download);
     let their_crc = loop {
-        match conn.recv()? {
+        match conn.recv_paced(&pace)? {
             Reply::Chunk(data) => {
                 if data.len() as u64 > want - got {
                     return Err(Failure::Link(format!(
@@ -359,12 +366,13 @@ fn receive_chunks(
                     .into());
                 }
                 if write_error.is_none()
-                    && let Err(e) = sink.write_all(data)
+                    && let Err(e) = sink.out.write_all(data)
                 {
                     write_error = Some(e);
                 }
                 hasher.update(data);
                 got += data.len() as u64;
+                pace.advance(data.len() as u64);
                 progress.inc(data.len() as u64);
             }
             Reply::GetDone { crc32 } => break crc32,
@@ -372,7 +380,7 @@ fn receive_chunks(
         }
     };
     if let Some(e) = write_error {
-        return Err(e.into());
+        return Err(anyhow::Error::new(e).context(sink.failed.to_owned()));
     }
     if got != want {
         return Err(Failure::Link(format!(
@@ -398,8 +406,11 @@ pub fn get_to_stdout(conn: &mut Conn, remote: &str, quiet: bool) -> anyhow::Resu
     let progress = Progress::start(Direction::Received, remote, size, offset, quiet);
     let mut hasher = Hasher::new();
     let mut out = std::io::stdout().lock();
-    let their_crc = receive_chunks(conn, &mut out, &mut hasher, size, offset, &progress)
-        .context("cannot write to standard output")?;
+    let sink = Sink {
+        out: &mut out,
+        failed: "cannot write to standard output",
+    };
+    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, &progress)?;
     out.flush().context("cannot write to standard output")?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {

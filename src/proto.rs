@@ -195,9 +195,9 @@ pub enum Reply<'a> {
     Cwd(String),
     /// Answer to `Stat`.
     Entry(Entry),
-    /// A piece of a listing: at most [`LIST_BATCH`] entries, which the
-    /// decoder enforces, so a frame never expands to more than a frame's
-    /// worth of memory.
+    /// A piece of a listing: 1 to [`LIST_BATCH`] entries. The decoder
+    /// enforces the upper bound, so a frame never expands to more than a
+    /// frame's worth of memory; [`Reply::check`] refuses an empty one.
     Entries(#[serde(deserialize_with = "batch_of_entries")] Vec<Entry>),
     /// End of a listing.
     ListEnd { total: u64, truncated: bool },
@@ -211,7 +211,7 @@ pub enum Reply<'a> {
     /// Download accepted: the file has `size` bytes and chunks start at
     /// `offset` (0 when the client's prefix did not match).
     GetReady { size: u64, offset: u64 },
-    /// File bytes of a download.
+    /// File bytes of a download; never empty (see [`Reply::check`]).
     Chunk(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
     /// Download complete; CRC32 of the whole file.
     GetDone { crc32: u32 },
@@ -288,11 +288,52 @@ pub enum EntryKind {
 /// One file or directory as a listing or `stat` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// One name, not a path (`/` for the home itself). At most
+    /// [`MAX_PATH_LEN`] bytes: a name on disk has at most 255 bytes, and
+    /// at most three times that once invalid UTF-8 is replaced.
     pub name: String,
     pub kind: EntryKind,
     pub size: u64,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: i64,
+}
+
+/// Something a well-formed reply carries that a correct server never
+/// sends; see [`Reply::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// An `Entries` frame without entries.
+    #[error("an empty listing batch")]
+    EmptyBatch,
+    /// A `Chunk` without bytes.
+    #[error("an empty data chunk")]
+    EmptyChunk,
+    /// An entry whose name is over [`MAX_PATH_LEN`] bytes.
+    #[error("a name of {0} bytes (the limit is {MAX_PATH_LEN})")]
+    NameTooLong(usize),
+}
+
+impl Reply<'_> {
+    /// Refuses what a correct server never sends, though it decodes: an
+    /// empty listing batch or data chunk, which would let a stream go on
+    /// forever without progress, and a name over the length limit, which
+    /// would let a listing's 20,000 entries take gigabytes. Both clients
+    /// call this on every reply they decode.
+    pub fn check(&self) -> Result<(), Violation> {
+        let name_fits = |e: &Entry| {
+            if e.name.len() > MAX_PATH_LEN {
+                return Err(Violation::NameTooLong(e.name.len()));
+            }
+            Ok(())
+        };
+        match self {
+            Reply::Entries(batch) if batch.is_empty() => Err(Violation::EmptyBatch),
+            Reply::Entries(batch) => batch.iter().try_for_each(name_fits),
+            Reply::Entry(entry) => name_fits(entry),
+            Reply::Chunk([]) => Err(Violation::EmptyChunk),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A user's quota figures, in bytes.
@@ -351,4 +392,43 @@ where
     }
 
     decoder.deserialize_seq(Batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size: 0,
+            mtime: 0,
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_a_correct_server_never_sends() {
+        let longest = "n".repeat(MAX_PATH_LEN);
+        for fine in [
+            Reply::Entries(vec![entry("a"), entry(&longest)]),
+            Reply::Entry(entry("/")),
+            Reply::Chunk(b"x"),
+            Reply::Ok,
+        ] {
+            assert_eq!(fine.check(), Ok(()), "{fine:?}");
+        }
+        let over = format!("{longest}x");
+        assert_eq!(
+            Reply::Entries(Vec::new()).check(),
+            Err(Violation::EmptyBatch)
+        );
+        assert_eq!(Reply::Chunk(&[]).check(), Err(Violation::EmptyChunk));
+        let too_long = Err(Violation::NameTooLong(MAX_PATH_LEN + 1));
+        assert_eq!(
+            Reply::Entries(vec![entry("a"), entry(&over)]).check(),
+            too_long
+        );
+        assert_eq!(Reply::Entry(entry(&over)).check(), too_long);
+    }
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ftpd::frame;
 use ftpd::proto::{
-    CHUNK_SIZE, Entry, EntryKind, ErrorCode, KdfParams, MAX_FRAME, MAX_LIST_ENTRIES, NONCE_LEN,
-    PROTOCOL_VERSION, Reply, Request,
+    CHUNK_SIZE, Entry, EntryKind, ErrorCode, KdfParams, MAX_FRAME, MAX_LIST_ENTRIES, MAX_PATH_LEN,
+    NONCE_LEN, PROTOCOL_VERSION, Reply, Request,
 };
 use ftpd::scram::{self, StoredKeys, Transcript};
 
@@ -1106,4 +1106,294 @@ fn an_oversized_frame_from_the_server_is_a_protocol_error() {
         run.describe()
     );
     assert!(names_in(dir.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------
+// A server that never ends a reply, or ends it too slowly: ftpc refuses
+// what a correct server never sends, and gives up on a reply that makes
+// too little progress (the rule is in README, "Time-outs").
+
+/// How long the fakes below keep misbehaving before they stop by
+/// themselves: past [`RUN_LIMIT`], so a client that does not give up on its
+/// own fails the test instead of outlasting the fake.
+const MISBEHAVE_FOR: Duration = Duration::from_secs(90);
+
+/// The `--timeout` the trickle cases give ftpc, in seconds: short, so the
+/// cases end quickly, while the trickles below stay far under the rule.
+const SHORT_TIMEOUT: &str = "2";
+
+/// Bound on how long a trickle case may take: many times the rule's
+/// two seconds, far under [`RUN_LIMIT`]; not a timing assertion.
+const TRICKLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Pause between the pieces of a trickle.
+const TRICKLE_GAP: Duration = Duration::from_millis(200);
+
+/// Runs `send` every [`TRICKLE_GAP`] until it fails (the client hung up)
+/// or [`MISBEHAVE_FOR`] passed.
+fn trickle(peer: &mut Peer, mut send: impl FnMut(&mut Peer) -> io::Result<()>) {
+    let started = Instant::now();
+    while started.elapsed() < MISBEHAVE_FOR {
+        if send(peer).is_err() {
+            return;
+        }
+        std::thread::sleep(TRICKLE_GAP);
+    }
+}
+
+/// Sends `reply` back to back until the client hangs up or
+/// [`MISBEHAVE_FOR`] passed; returns how many went out.
+fn flood(peer: &mut Peer, reply: &Reply) -> u64 {
+    let bytes = frame::encode(reply).expect("encode");
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < MISBEHAVE_FOR && peer.send_raw(&bytes).is_ok() {
+        sent += 1;
+    }
+    sent
+}
+
+fn assert_protocol_error(run: &Run, words: &str) {
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert!(
+        run.stderr.contains("protocol error") && run.stderr.contains(words),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.describe());
+}
+
+fn assert_timed_out(run: &Run, words: &str) {
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert!(
+        run.stderr.contains("timed out") && run.stderr.contains(words),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.describe());
+    assert!(
+        run.elapsed < TRICKLE_LIMIT,
+        "took {:?}: {}",
+        run.elapsed,
+        run.describe()
+    );
+}
+
+#[test]
+fn an_endless_stream_of_empty_listing_batches_is_refused() {
+    let fake = Fake::start(|peer| {
+        peer.login();
+        peer.list();
+        flood(peer, &Reply::Entries(Vec::new()));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(fake.addr, dir.path(), &["ls"]);
+    fake.finish();
+    assert_protocol_error(&run, "empty listing batch");
+    assert!(run.stdout.is_empty(), "{}", run.describe());
+}
+
+#[test]
+fn an_endless_stream_of_empty_chunks_is_refused() {
+    let fake = serve_get(|peer| {
+        peer.send(&Reply::GetReady {
+            size: 10,
+            offset: 0,
+        })
+        .expect("send");
+        flood(peer, &Reply::Chunk(&[]));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(fake.addr, dir.path(), &["get", "f.bin"]);
+    fake.finish();
+    assert_protocol_error(&run, "empty data chunk");
+    assert_eq!(len_of(&dir.path().join("f.bin")), None, "final file exists");
+    assert_eq!(len_of(&dir.path().join("f.bin.part")).unwrap_or(0), 0);
+}
+
+#[test]
+fn a_listing_trickled_one_entry_at_a_time_times_out() {
+    let fake = Fake::start(|peer| {
+        peer.login();
+        peer.list();
+        let mut i = 0u64;
+        trickle(peer, |peer| {
+            i += 1;
+            peer.send(&Reply::Entries(vec![file_entry(&format!("e{i}"), i)]))
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(fake.addr, dir.path(), &["--timeout", SHORT_TIMEOUT, "ls"]);
+    fake.finish();
+    assert_timed_out(&run, "listing");
+    assert!(run.stdout.is_empty(), "printed a partial listing");
+}
+
+#[test]
+fn a_download_trickled_one_byte_at_a_time_times_out() {
+    let fake = serve_get(|peer| {
+        peer.send(&Reply::GetReady {
+            size: 1 << 30,
+            offset: 0,
+        })
+        .expect("send");
+        trickle(peer, |peer| peer.send(&Reply::Chunk(b"x")));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(
+        fake.addr,
+        dir.path(),
+        &["--timeout", SHORT_TIMEOUT, "get", "f.bin"],
+    );
+    fake.finish();
+    assert_timed_out(&run, "of the file");
+    assert_eq!(len_of(&dir.path().join("f.bin")), None, "final file exists");
+}
+
+#[test]
+fn a_reply_trickled_one_byte_at_a_time_times_out() {
+    // A legal Stat reply, sent a byte at a time: whole, it would take
+    // minutes, every byte well within the time-out of the one before.
+    let bytes = frame::encode(&Reply::Entry(file_entry(&"n".repeat(1000), 1))).expect("encode");
+    let fake = Fake::start(move |peer| {
+        peer.login();
+        match peer.recv() {
+            Some(Request::Stat { .. }) => {}
+            other => panic!("expected Stat, got {other:?}"),
+        }
+        let mut left = bytes.iter();
+        trickle(peer, |peer| match left.next() {
+            Some(&b) => peer.send_raw(&[b]),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(
+        fake.addr,
+        dir.path(),
+        &["--timeout", SHORT_TIMEOUT, "stat", "x"],
+    );
+    fake.finish();
+    assert_timed_out(&run, "no reply");
+}
+
+#[test]
+fn an_upload_the_server_takes_in_a_trickle_times_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Far more than the socket buffers on both sides hold.
+    let local = dir.path().join("big.bin");
+    std::fs::write(&local, vec![0x42u8; 64 * 1024 * 1024]).expect("write");
+    let fake = Fake::start(|peer| {
+        // A small receive buffer makes the kernel open the window a little
+        // at a time, so the upload moves on every read below.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&peer.stream, 4096).expect("SO_RCVBUF");
+        peer.login();
+        match peer.recv() {
+            Some(Request::PutStart { .. }) => {}
+            other => panic!("expected PutStart, got {other:?}"),
+        }
+        peer.send(&Reply::PutReady {
+            offset: 0,
+            prefix_crc: 0,
+        })
+        .expect("send");
+        // Then read 1 KiB at a time: about 5 KiB/s, a little every 200 ms.
+        let mut buf = [0u8; 1024];
+        trickle(peer, |peer| match peer.stream.read(&mut buf) {
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        });
+        // What is left unread would only be recorded as garbage.
+        let _ = peer.stream.shutdown(std::net::Shutdown::Both);
+    });
+    let run = ftpc(
+        fake.addr,
+        dir.path(),
+        &["--timeout", SHORT_TIMEOUT, "put", "big.bin"],
+    );
+    drop(fake);
+    assert_timed_out(&run, "of the file");
+}
+
+#[test]
+fn names_longer_than_the_server_allows_are_refused_within_bounded_memory() {
+    // Control: the largest listing a correct server sends (the entry cap,
+    // each name at the length limit) is shown, in bounded memory.
+    let fake = Fake::start(|peer| {
+        peer.login();
+        peer.list();
+        let mut sent = 0;
+        while sent < MAX_LIST_ENTRIES {
+            // Frames hold about 128 entries of this size.
+            let batch: Vec<Entry> = (sent..(sent + 100).min(MAX_LIST_ENTRIES))
+                .map(|i| {
+                    let tag = format!("{i:06}");
+                    file_entry(&format!("{tag}{}", "n".repeat(MAX_PATH_LEN - tag.len())), 1)
+                })
+                .collect();
+            sent += batch.len();
+            peer.send(&Reply::Entries(batch)).expect("send");
+        }
+        peer.send(&Reply::ListEnd {
+            total: sent as u64,
+            truncated: false,
+        })
+        .expect("send");
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = ftpc(fake.addr, dir.path(), &["ls"]);
+    fake.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert_eq!(run.stdout().lines().count(), MAX_LIST_ENTRIES);
+    // About 21 MiB of entries at most; the login's scrypt (16 MiB) is
+    // freed before.
+    assert!(run.peak_kib < 64 * 1024, "ftpc used {} KiB", run.peak_kib);
+
+    // One byte over the limit, in a listing and in a stat.
+    let over = "n".repeat(MAX_PATH_LEN + 1);
+    let name = over.clone();
+    let fake = Fake::start(move |peer| {
+        peer.login();
+        peer.list();
+        peer.send(&Reply::Entries(vec![file_entry(&name, 1)]))
+            .expect("send");
+        let _ = peer.send(&Reply::ListEnd {
+            total: 1,
+            truncated: false,
+        });
+    });
+    let run = ftpc(fake.addr, dir.path(), &["ls"]);
+    fake.finish();
+    assert_protocol_error(&run, &format!("name of {} bytes", MAX_PATH_LEN + 1));
+    assert!(run.stdout.is_empty(), "{}", run.describe());
+    let fake = Fake::start(move |peer| {
+        peer.login();
+        let _ = peer.recv();
+        peer.send(&Reply::Entry(file_entry(&over, 1)))
+            .expect("send");
+    });
+    let run = ftpc(fake.addr, dir.path(), &["stat", "x"]);
+    fake.finish();
+    assert_protocol_error(&run, &format!("name of {} bytes", MAX_PATH_LEN + 1));
+
+    // Thousands of names of 64 KiB each (one per frame) would be 256 MiB.
+    let fake = Fake::start(|peer| {
+        peer.login();
+        peer.list();
+        let huge = file_entry(&"h".repeat(64 * 1024), 1);
+        for _ in 0..4096 {
+            if peer.send(&Reply::Entries(vec![huge.clone()])).is_err() {
+                return;
+            }
+        }
+        let _ = peer.send(&Reply::ListEnd {
+            total: 4096,
+            truncated: false,
+        });
+    });
+    let run = ftpc(fake.addr, dir.path(), &["ls"]);
+    fake.finish();
+    assert_protocol_error(&run, &format!("name of {} bytes", 64 * 1024));
+    assert!(run.peak_kib < 64 * 1024, "ftpc used {} KiB", run.peak_kib);
 }

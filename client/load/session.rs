@@ -373,6 +373,10 @@ impl Session {
                         return Err(self.st.fail(cx, FailKind::Protocol, message));
                     }
                 };
+                if let Err(v) = reply.check() {
+                    let message = format!("the server sent {v}");
+                    return Err(self.st.fail(cx, FailKind::Protocol, message));
+                }
                 self.st.on_reply(cx, reply)?;
                 self.rx.consume(n);
             }
