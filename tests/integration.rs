@@ -7,6 +7,7 @@ mod faults;
 mod files;
 mod hostile;
 mod load;
+mod lockout;
 mod login;
 mod props;
 mod protocol;
