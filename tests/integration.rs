@@ -3,6 +3,7 @@
 
 mod util;
 
+mod admin;
 mod faults;
 mod files;
 mod hostile;
