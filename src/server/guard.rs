@@ -45,9 +45,9 @@ pub struct GuardConfig {
     pub lockout: Duration,
 }
 
-/// Most records per table. A pair record costs about 150 bytes (the name
-/// twice, in the map and in its age index), so both tables stay under
-/// about 30 MB however many addresses an attacker has.
+/// Most records per table. A pair record costs a few hundred bytes (the
+/// name twice, in the map and in its age index), so both tables together
+/// stay within some tens of MB however many addresses an attacker has.
 pub const MAX_RECORDS: usize = 100_000;
 
 /// Counts login failures and decides delays and lockouts.
