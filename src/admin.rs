@@ -1,8 +1,9 @@
 //! `ftpd user ...`: managing accounts in the data folder.
 //!
-//! Each command loads `users.json`, changes it and saves it atomically; a
-//! running server notices the new file at the next login. Two commands run
-//! at the same moment are not serialised: the last save wins.
+//! Each command that changes `users.json` loads, changes and saves it
+//! atomically under the users lock ([`UserDb::update`]), so two commands
+//! run at the same moment both take effect, one after the other; a running
+//! server notices the new file at the next login.
 
 use anyhow::{Context, anyhow, bail};
 use std::fs::{self, DirBuilder};
@@ -141,20 +142,23 @@ fn plan_add(
 
 fn add_user(root: &Path, plan: &AddPlan, password: &[u8]) -> anyhow::Result<String> {
     check_password(password)?;
-    let mut db = UserDb::load(root)?;
-    // Checked again: another command may have added the name meanwhile.
-    if db.get(&plan.name).is_some() {
-        bail!("user {} already exists", plan.name);
-    }
+    // scrypt is slow: derived before taking the lock, so others wait less.
     let keys = scram::stored_keys(password, plan.kdf)?;
-    // The home exists before the account does, so a saved user always has one.
-    let existed = create_home(root, &plan.name)?;
-    db.insert(User {
-        name: plan.name.clone(),
-        quota: plan.quota,
-        keys,
-    });
-    db.save(root)?;
+    let existed = UserDb::update(root, |db| {
+        // Checked again: another command may have added the name meanwhile.
+        if db.get(&plan.name).is_some() {
+            bail!("user {} already exists", plan.name);
+        }
+        // The home exists before the account does, so a saved user always
+        // has one.
+        let existed = create_home(root, &plan.name)?;
+        db.insert(User {
+            name: plan.name.clone(),
+            quota: plan.quota,
+            keys,
+        });
+        Ok(existed)
+    })?;
     let home = relative_home(&plan.name);
     let kept = if existed { ", kept from before" } else { "" };
     Ok(format!(
@@ -167,20 +171,23 @@ fn add_user(root: &Path, plan: &AddPlan, password: &[u8]) -> anyhow::Result<Stri
 
 fn set_password(root: &Path, name: &str, password: &[u8]) -> anyhow::Result<String> {
     check_password(password)?;
-    let mut db = UserDb::load(root)?;
-    let user = existing_user_mut(&mut db, name)?;
-    // Keep the user's scrypt settings (they may have been chosen on purpose).
-    let kdf = user.keys.kdf;
-    user.keys = scram::stored_keys(password, kdf)?;
-    db.save(root)?;
+    UserDb::update(root, |db| {
+        let user = existing_user_mut(db, name)?;
+        // Keep the user's scrypt settings (they may have been chosen on
+        // purpose), as they are under the lock.
+        let kdf = user.keys.kdf;
+        user.keys = scram::stored_keys(password, kdf)?;
+        anyhow::Ok(())
+    })?;
     Ok(format!("changed the password of {name}"))
 }
 
 fn del_user(root: &Path, name: &str) -> anyhow::Result<String> {
-    let mut db = UserDb::load(root)?;
-    existing_user(&db, name)?;
-    db.remove(name);
-    db.save(root)?;
+    UserDb::update(root, |db| {
+        existing_user(db, name)?;
+        db.remove(name);
+        anyhow::Ok(())
+    })?;
     Ok(format!(
         "removed user {name}; their files stay in {}",
         relative_home(name).display()
@@ -189,9 +196,10 @@ fn del_user(root: &Path, name: &str) -> anyhow::Result<String> {
 
 fn set_quota(root: &Path, name: &str, size: &str) -> anyhow::Result<String> {
     let quota = parse_size(size).map_err(|e| anyhow!(e))?;
-    let mut db = UserDb::load(root)?;
-    existing_user_mut(&mut db, name)?.quota = quota;
-    db.save(root)?;
+    UserDb::update(root, |db| {
+        existing_user_mut(db, name)?.quota = quota;
+        anyhow::Ok(())
+    })?;
     let mut report = format!("quota of {name} is now {}", format_size(quota));
     if let Ok(used) = disk_usage(&users::home_dir(root, name))
         && used > quota

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand};
 
 use ftpd::admin::UserCommand;
@@ -35,43 +36,55 @@ enum Command {
     User(UserCommand),
 }
 
+/// A flag's accepted values, as a clap parser: out of range is a usage
+/// error (exit 2) that names the range, and everything in range is safe
+/// for the `Duration` and `Instant` arithmetic the server does with it.
+fn range<T>(range: std::ops::RangeInclusive<u64>) -> RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    RangedU64ValueParser::<T>::new().range(range)
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9999")]
     listen: SocketAddr,
-    /// Most connections at once.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most connections at once (1-1000000).
+    #[arg(long, default_value_t = 10_000, value_parser = range::<usize>(1..=1_000_000))]
     max_conns: usize,
-    /// Most connections at once from one address.
-    #[arg(long, default_value_t = 256)]
+    /// Most connections at once from one address, or one IPv6 /64 (1-1000000).
+    #[arg(long, default_value_t = 256, value_parser = range::<usize>(1..=1_000_000))]
     max_conns_per_ip: usize,
-    /// Most logged-in sessions of one user at once (0: no limit).
-    #[arg(long, default_value_t = 64)]
+    /// Most logged-in sessions of one user at once (0: no limit; 0-1000000).
+    #[arg(long, default_value_t = 64, value_parser = range::<u32>(0..=1_000_000))]
     max_sessions_per_user: u32,
-    /// Seconds a logged-in session may sit idle.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds a logged-in session may sit idle (1-604800, a week).
+    #[arg(long, default_value_t = 300, value_parser = range::<u64>(1..=604_800))]
     idle_timeout: u64,
-    /// Seconds a new connection has to say hello and log in.
-    #[arg(long, default_value_t = 20)]
+    /// Seconds a new connection has to say hello and log in (1-3600).
+    #[arg(long, default_value_t = 20, value_parser = range::<u64>(1..=3_600))]
     login_timeout: u64,
-    /// Seconds a transfer may make no progress before it is dropped.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds a transfer may make no progress before it is dropped (1-86400).
+    #[arg(long, default_value_t = 60, value_parser = range::<u64>(1..=86_400))]
     stall_timeout: u64,
-    /// Hours an unfinished upload is kept for resume.
-    #[arg(long, default_value_t = 24)]
+    /// Hours an unfinished upload is kept for resume (1-8760, a year).
+    #[arg(long, default_value_t = 24, value_parser = range::<u64>(1..=8_760))]
     partial_ttl_hours: u64,
-    /// Delay before answering the first failed login, in ms (doubles after each).
-    #[arg(long, default_value_t = 500)]
+    /// Delay before answering the first failed login, in ms, doubling after
+    /// each, up to 5 s or this delay if longer (0-60000).
+    #[arg(long, default_value_t = 500, value_parser = range::<u64>(0..=60_000))]
     login_delay_ms: u64,
-    /// Failed logins of one user from one address before a lockout.
-    #[arg(long, default_value_t = 5)]
+    /// Failed logins of one user from one address before a lockout (1-1000000).
+    #[arg(long, default_value_t = 5, value_parser = range::<u32>(1..=1_000_000))]
     lockout_after: u32,
-    /// Failed logins from one address (any user) before a lockout.
-    #[arg(long, default_value_t = 30)]
+    /// Failed logins from one address, any user, before a lockout (1-1000000).
+    #[arg(long, default_value_t = 30, value_parser = range::<u32>(1..=1_000_000))]
     addr_lockout_after: u32,
-    /// Seconds a lockout lasts.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds a lockout lasts (1-86400).
+    #[arg(long, default_value_t = 300, value_parser = range::<u64>(1..=86_400))]
     lockout_secs: u64,
     /// Helper threads for disk work (sync, hashing, large listings).
     #[arg(long, default_value_t = 2)]
@@ -111,7 +124,7 @@ fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         login_timeout: Duration::from_secs(args.login_timeout),
         stall_timeout: Duration::from_secs(args.stall_timeout),
-        partial_ttl: Duration::from_secs(args.partial_ttl_hours * 3600),
+        partial_ttl: Duration::from_secs(args.partial_ttl_hours.saturating_mul(3600)),
         guard: GuardConfig {
             base_delay: Duration::from_millis(args.login_delay_ms),
             max_delay: Duration::from_secs(5).max(Duration::from_millis(args.login_delay_ms)),

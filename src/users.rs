@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! <root>/users.json      the users (this module), mode 0600
+//! <root>/users.lock      empty; `ftpd user ...` holds a flock on it while
+//!                        it reads, changes and writes users.json
 //! <root>/server.secret   32 random bytes for decoy logins, mode 0600
 //! <root>/homes/<name>/   each user's files
 //! ```
@@ -28,8 +30,13 @@
 //! `quota` is in bytes; `salt`, `stored_key` and `server_key` are the
 //! [`StoredKeys`] in lower-case hex. Unknown fields, bad lengths, invalid
 //! names and duplicate names are refused with the file's name and the line.
-//! The file is replaced atomically (write a temporary file, fsync, rename,
-//! fsync the folder), so a reader sees either the old or the new version.
+//! The file is replaced atomically (write a temporary file under a name of
+//! its own, fsync, rename, fsync the folder), so a reader sees either the
+//! old or the new version, never a half-written one. Writers take an
+//! exclusive `flock` on `users.lock` around each read-modify-write
+//! ([`UserDb::update`]), so two `ftpd user ...` commands at once never lose
+//! each other's change. The server only reads (and must never block on a
+//! lock), which the atomic rename makes safe.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -45,6 +52,9 @@ use crate::scram::{self, KEY_LEN, SALT_LEN, StoredKeys};
 
 /// The user database, in the data folder.
 pub const USERS_FILE: &str = "users.json";
+
+/// The lock file that serialises changes to the user database.
+pub const LOCK_FILE: &str = "users.lock";
 
 /// The server's secret for decoy logins, in the data folder.
 pub const SECRET_FILE: &str = "server.secret";
@@ -126,10 +136,33 @@ impl UserDb {
         Ok(UserDb { users })
     }
 
-    /// Writes `<root>/users.json` atomically, readable by the owner only.
+    /// Reads, changes and writes `<root>/users.json` under the users lock,
+    /// so that no other writer's change is lost in between. Nothing is
+    /// written when `change` fails.
+    pub fn update<T, E: From<UsersError>>(
+        root: &Path,
+        change: impl FnOnce(&mut UserDb) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let lock = UsersLock::take(root)?;
+        let mut db = UserDb::load(root)?;
+        let result = change(&mut db)?;
+        db.write(root, &lock)?;
+        Ok(result)
+    }
+
+    /// Writes `<root>/users.json` atomically, readable by the owner only,
+    /// replacing whatever it held (use [`UserDb::update`] to change it).
     pub fn save(&self, root: &Path) -> Result<(), UsersError> {
+        let lock = UsersLock::take(root)?;
+        self.write(root, &lock)
+    }
+
+    /// The save itself; the lock proves no other writer is at work.
+    fn write(&self, root: &Path, _lock: &UsersLock) -> Result<(), UsersError> {
         let path = root.join(USERS_FILE);
-        let tmp = root.join(format!("{USERS_FILE}.tmp"));
+        // Under the lock, any temporary file is a leftover of a crashed save.
+        remove_leftover_temps(root)?;
+        let tmp = root.join(temp_name()?);
         let file = FileFormat {
             version: FORMAT_VERSION,
             users: self.users.values().map(Record::from).collect(),
@@ -140,14 +173,6 @@ impl UserDb {
         })?;
         text.push('\n');
 
-        // A leftover from a crashed save may have any mode; start afresh so
-        // the new file is created 0600.
-        match fs::remove_file(&tmp) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                return Err(UsersError::Io { path: tmp, error });
-            }
-            _ => {}
-        }
         write_new_file(&tmp, text.as_bytes()).map_err(|error| {
             // Best effort: a leftover is replaced by the next save anyway.
             let _ = fs::remove_file(&tmp);
@@ -201,6 +226,78 @@ impl UserDb {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
+}
+
+/// An exclusive hold on `<root>/users.lock`, released when dropped (the
+/// kernel releases it too if the process dies).
+#[derive(Debug)]
+pub struct UsersLock {
+    _file: File,
+}
+
+impl UsersLock {
+    /// Waits for and takes the lock, creating the lock file (mode 0600) the
+    /// first time. The file is never removed: removing it would let two
+    /// writers lock two different files.
+    pub fn take(root: &Path) -> Result<UsersLock, UsersError> {
+        let path = root.join(LOCK_FILE);
+        let io_error = |error| UsersError::Io {
+            path: path.clone(),
+            error,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error)?;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(UsersLock { _file: file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_error(e.into())),
+            }
+        }
+    }
+}
+
+/// Prefix of the temporary files a save writes before renaming.
+const TEMP_PREFIX: &str = "users.json.tmp";
+
+/// A temporary name no other save uses: the process id and 64 random bits.
+fn temp_name() -> Result<String, UsersError> {
+    let mut random = [0u8; 8];
+    scram::fill_random(&mut random).map_err(|error| UsersError::Io {
+        path: PathBuf::from("/dev/urandom"),
+        error,
+    })?;
+    Ok(format!(
+        "{TEMP_PREFIX}.{}.{}",
+        std::process::id(),
+        to_hex(&random)
+    ))
+}
+
+/// Deletes temporary files that crashed saves left in `root`.
+fn remove_leftover_temps(root: &Path) -> Result<(), UsersError> {
+    let io_error = |path: &Path, error| UsersError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    for entry in fs::read_dir(root).map_err(|e| io_error(root, e))? {
+        let entry = entry.map_err(|e| io_error(root, e))?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            match fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error(&entry.path(), e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a user name: 1 to [`MAX_USER_LEN`] ASCII letters, digits, `_`,
@@ -505,8 +602,9 @@ mod tests {
         let first = file_stamp(root.path()).unwrap();
         assert_eq!(mode(&root.path().join(USERS_FILE)), 0o600);
 
-        // A leftover from a crashed save must not stop the next one.
+        // Leftovers from crashed saves must not stop the next one, and go.
         fs::write(root.path().join("users.json.tmp"), "junk").unwrap();
+        fs::write(root.path().join("users.json.tmp.1.00ff"), "junk").unwrap();
         db.get_mut("alice").unwrap().quota = 2;
         db.save(root.path()).unwrap();
         let second = file_stamp(root.path()).unwrap();
@@ -514,11 +612,13 @@ mod tests {
         assert_ne!(first.ino, second.ino, "rename gives a new inode");
         assert_eq!(mode(&root.path().join(USERS_FILE)), 0o600);
 
-        let names: Vec<_> = fs::read_dir(root.path())
+        let mut names: Vec<_> = fs::read_dir(root.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, [USERS_FILE]);
+        names.sort();
+        assert_eq!(names, [USERS_FILE, LOCK_FILE]);
+        assert_eq!(mode(&root.path().join(LOCK_FILE)), 0o600);
         assert_eq!(
             UserDb::load(root.path())
                 .unwrap()
@@ -527,6 +627,33 @@ mod tests {
                 .quota,
             2
         );
+    }
+
+    #[test]
+    fn concurrent_updates_are_all_kept() {
+        let root = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            for i in 0..20 {
+                let root = root.path();
+                scope.spawn(move || {
+                    UserDb::update(root, |db| {
+                        db.insert(user(&format!("user{i}"), i));
+                        Ok::<_, UsersError>(())
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        let db = UserDb::load(root.path()).unwrap();
+        assert_eq!(db.len(), 20);
+        let leftovers = fs::read_dir(root.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(TEMP_PREFIX)
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 mod util;
 
+mod admin;
 mod faults;
 mod files;
 mod hostile;
 mod load;
+mod lockout;
 mod logging;
 mod login;
 mod memory;

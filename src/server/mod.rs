@@ -9,6 +9,7 @@
 //! ready queue and the next poll does not wait.
 
 mod accounts;
+mod addr;
 mod conn;
 mod fds;
 pub mod guard;
@@ -22,7 +23,7 @@ mod worker;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use self::accounts::Accounts;
+use self::addr::AddrKey;
 use self::conn::{Conn, Drive};
 pub use self::guard::GuardConfig;
 use self::guard::LoginGuard;
@@ -102,7 +104,8 @@ pub struct Server {
     scratch: Buffer,
     timers: Timers,
     ready: VecDeque<(usize, u64)>,
-    per_ip: HashMap<IpAddr, usize>,
+    /// Connections open per client (an IPv4 address or an IPv6 /64).
+    per_ip: HashMap<AddrKey, usize>,
     next_generation: u64,
     accept_paused: bool,
     next_sweep: Instant,
@@ -263,7 +266,11 @@ impl Server {
                 );
                 continue;
             }
-            let per_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+            let per_ip = self
+                .per_ip
+                .get(&AddrKey::of(peer.ip()))
+                .copied()
+                .unwrap_or(0);
             if per_ip >= self.ctx.cfg.max_conns_per_ip {
                 turn_away(stream, peer, "too many connections from your address");
                 continue;
@@ -292,7 +299,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        *self.per_ip.entry(AddrKey::of(peer.ip())).or_insert(0) += 1;
         log!(Info, "{peer}: connected");
         let at = conn.deadline(&self.ctx);
         conn.st.armed = Some(at);
@@ -398,11 +405,11 @@ impl Server {
         self.ctx.fds.set_conns(self.conns.len());
         let _ = self.poll.registry().deregister(&mut conn.stream);
         session::closed(&mut conn.st, &mut self.ctx);
-        let ip = conn.st.peer.ip();
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count -= 1;
+        let client = AddrKey::of(conn.st.peer.ip());
+        if let Some(count) = self.per_ip.get_mut(&client) {
+            *count = count.saturating_sub(1);
             if *count == 0 {
-                self.per_ip.remove(&ip);
+                self.per_ip.remove(&client);
             }
         }
         log!(Info, "{}: disconnected", conn.st.peer);

@@ -15,7 +15,7 @@ use super::accounts::Accounts;
 use super::accounts::OpenedHome;
 use super::accounts::open_home;
 use super::fds::FdBudget;
-use super::guard::LoginGuard;
+use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
 use super::worker::{Job, Lane, Step, Worker};
 use crate::buf::Buffer;
@@ -25,7 +25,7 @@ use crate::proto::{
     Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
     PROTOCOL_VERSION, Reply, Request,
 };
-use crate::scram::{self, StoredKeys, Transcript};
+use crate::scram::{self, Transcript};
 use crate::server::log::clean;
 
 /// How long a closing connection waits for its peer to hang up.
@@ -105,12 +105,13 @@ pub struct LoggedIn {
     pub jail: Arc<Jail>,
 }
 
-/// A login waiting for the client's proof.
+/// A login waiting for the client's proof. The proof is checked against
+/// the account as it is when the proof arrives, not as it was here: a
+/// password changed or a user deleted meanwhile no longer lets it in.
 pub struct Challenge {
     user: String,
     auth_message: Vec<u8>,
-    keys: StoredKeys,
-    known: bool,
+    attempt: Attempt,
 }
 
 /// Where a session is.
@@ -505,20 +506,10 @@ fn login_start(
         let message = "malformed login request";
         return refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
-    if let Err(locked) = ctx.guard.check(&user, st.peer.ip(), ctx.now) {
-        log!(
-            Warn,
-            "{} login refused for {:?}: locked out",
-            st.peer,
-            clean(&user)
-        );
-        let message = format!(
-            "too many failed logins; try again in {} s",
-            locked.remaining.as_secs().max(1)
-        );
-        ctx.send_error(tx, ErrorCode::LockedOut, &message);
-        return Phase::Login;
-    }
+    let attempt = match ctx.guard.begin(&user, st.peer.ip(), ctx.now) {
+        Ok(attempt) => attempt,
+        Err(locked) => return locked_out(st, tx, ctx, &user, locked),
+    };
     let new = ctx.accounts.refresh();
     open_homes(ctx, new);
     let creds = ctx.accounts.credentials(&user);
@@ -546,9 +537,24 @@ fn login_start(
     Phase::Challenged(Box::new(Challenge {
         user,
         auth_message,
-        keys: creds.keys,
-        known: creds.known,
+        attempt,
     }))
+}
+
+/// Refuses a login because its user or address is locked out.
+fn locked_out(st: &State, tx: &mut Buffer, ctx: &mut Ctx, user: &str, locked: Locked) -> Phase {
+    log!(
+        Warn,
+        "{} login refused for {:?}: locked out",
+        st.peer,
+        clean(user)
+    );
+    let message = format!(
+        "too many failed logins; try again in {} s",
+        locked.remaining.as_secs().max(1)
+    );
+    ctx.send_error(tx, ErrorCode::LockedOut, &message);
+    Phase::Login
 }
 
 fn login_proof(
@@ -558,12 +564,19 @@ fn login_proof(
     ch: Challenge,
     proof: &[u8],
 ) -> Phase {
-    // Verify before looking at `known`, so a decoy costs the same work.
-    let verified = scram::verify_client_proof(&ch.keys.stored_key, &ch.auth_message, proof);
-    let ip = st.peer.ip();
-    if !(verified && ch.known) {
+    let creds = ctx.accounts.credentials(&ch.user);
+    // The guard checks the lockout, the proof and counts the outcome in one
+    // step, so parallel connections cannot slip extra guesses in between.
+    let verdict = ctx.guard.settle(ch.attempt, ctx.now, || {
+        // Verify before looking at `known`, so a decoy costs the same work.
+        let verified = scram::verify_client_proof(&creds.keys.stored_key, &ch.auth_message, proof);
+        verified && creds.known
+    });
+    if let Verdict::Locked(locked) = verdict {
+        return locked_out(st, tx, ctx, &ch.user, locked);
+    }
+    if let Verdict::Failed { delay } = verdict {
         st.attempts += 1;
-        let delay = ctx.guard.failed(&ch.user, ip, ctx.now);
         log!(
             Warn,
             "{} login failed for {:?} (attempt {} on this connection)",
@@ -572,7 +585,7 @@ fn login_proof(
             st.attempts
         );
         return Phase::Penalty {
-            until: ctx.now + delay,
+            until: ctx.now.checked_add(delay).unwrap_or(ctx.now),
             close: st.attempts >= ATTEMPTS_PER_CONN,
         };
     }
@@ -602,8 +615,7 @@ fn login_proof(
     }
     acc.sessions += 1;
     let jail = Arc::clone(&acc.jail);
-    ctx.guard.succeeded(&ch.user, ip);
-    let signature = scram::server_signature(&ch.keys.server_key, &ch.auth_message);
+    let signature = scram::server_signature(&creds.keys.server_key, &ch.auth_message);
     ctx.send(
         tx,
         &Reply::LoginOk {
