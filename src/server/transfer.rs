@@ -396,7 +396,7 @@ pub fn upload_opened(
         Hasher::new(),
         0,
         len,
-        |up, crc| JobResult::UploadPrefix(up, crc),
+        JobResult::UploadPrefix,
     );
     let user = st.user().to_owned();
     ctx.worker
@@ -862,7 +862,7 @@ pub fn get_start(
         Hasher::new(),
         0,
         offset,
-        |down, crc| JobResult::DownloadPrefix(down, crc),
+        JobResult::DownloadPrefix,
     );
     ctx.worker
         .submit(Lane::Read, &user, st.key, st.generation, job);
