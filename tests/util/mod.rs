@@ -93,6 +93,38 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// Set to `1` to make every [`skip`] a failure (CI sets it where the
+/// machine offers root and `strace`).
+pub const REQUIRE_ENV: &str = "FTPD_REQUIRE_FAULT_TESTS";
+
+/// A file that every [`skip`] appends a line to, so a skip shows in CI even
+/// though the test harness swallows a passing test's stderr.
+pub const SKIP_LOG_ENV: &str = "FTPD_SKIP_LOG";
+
+/// The one way a test skips because the machine lacks something (root,
+/// `unshare`, `strace`, `prlimit`, an IPv6 loopback): says so on stderr and
+/// in the `FTPD_SKIP_LOG` file, and fails instead under
+/// `FTPD_REQUIRE_FAULT_TESTS=1`. The caller returns right after.
+pub fn skip(reason: &str) {
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("?");
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("{test} would be skipped ({reason}), but {REQUIRE_ENV}=1");
+    }
+    eprintln!("skipped: {reason}");
+    if let Some(file) = std::env::var_os(SKIP_LOG_ENV) {
+        let line = format!("{test}: {reason}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            panic!("cannot record the skip in {}: {e}", file.to_string_lossy());
+        }
+    }
+}
+
 /// A running `ftpd`, killed on drop.
 pub struct TestServer {
     pub child: Child,
@@ -260,6 +292,33 @@ impl Raw {
                 Err(e) => panic!("read: {e}"),
             }
         }
+    }
+
+    /// The replies that have already arrived, read without waiting.
+    pub fn recv_now(&mut self) -> Vec<Reply<'static>> {
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.rx.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock, or the connection is gone
+            }
+        }
+        self.stream.set_nonblocking(false).expect("blocking");
+        let mut replies = Vec::new();
+        while let Ok(Some((reply, n))) = frame::decode::<Reply>(&self.rx) {
+            let owned = own(reply);
+            self.rx.drain(..n);
+            replies.push(owned);
+        }
+        replies
+    }
+
+    /// Every reply until the server closes the connection.
+    pub fn recv_to_end(&mut self) -> Vec<Reply<'static>> {
+        std::iter::from_fn(|| self.recv()).take(10_000).collect()
     }
 
     pub fn hello(&mut self) {
