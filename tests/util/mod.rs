@@ -187,6 +187,24 @@ impl TestServer {
         self.log.try_iter().collect()
     }
 
+    /// Every log line not read yet, up to and including the first that
+    /// contains `needle` (waiting up to `timeout` for it); `None` if it
+    /// never came. The log is one ordered stream, so a line about anything
+    /// that happened before `needle`'s event is in the result.
+    pub fn log_until(&self, needle: &str, timeout: Duration) -> Option<Vec<String>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.log.recv_timeout(left).ok()?;
+            let last = line.contains(needle);
+            lines.push(line);
+            if last {
+                return Some(lines);
+            }
+        }
+    }
+
     /// Waits up to `timeout` for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = std::time::Instant::now() + timeout;
