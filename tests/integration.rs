@@ -10,4 +10,5 @@ mod load;
 mod login;
 mod props;
 mod protocol;
+mod server_ops;
 mod transfer;

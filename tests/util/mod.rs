@@ -136,10 +136,15 @@ impl TestServer {
     /// Starts `ftpd --root DATA --listen 127.0.0.1:0 EXTRA...` and waits for
     /// its `listening on ADDR` line.
     pub fn start(data: &DataDir, extra: &[&str]) -> TestServer {
+        TestServer::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    /// As [`TestServer::start`], listening on `listen` instead.
+    pub fn start_on(data: &DataDir, listen: &str, extra: &[&str]) -> TestServer {
         let mut child = Command::new(FTPD)
             .arg("--root")
             .arg(data.path())
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(["--listen", listen, "--log-level", "debug"])
             .args(if extra.contains(&"--login-delay-ms") {
                 &[][..]
             } else {
@@ -271,7 +276,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Raw::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A protocol client on a stream connected some other way.
+    pub fn from_stream(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
