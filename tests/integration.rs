@@ -10,5 +10,6 @@ mod load;
 mod login;
 mod props;
 mod protocol;
+mod races;
 mod server_ops;
 mod transfer;
