@@ -14,4 +14,6 @@ mod login;
 mod memory;
 mod props;
 mod protocol;
+mod races;
+mod server_ops;
 mod transfer;

@@ -1,8 +1,10 @@
 //! Accounts and login: SCRAM exchange, decoys, replay, lockouts.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use ftpd::proto::{ErrorCode, NONCE_LEN, Reply, Request};
+use ftpd::scram;
 
 use crate::util::{DataDir, Raw, TestServer};
 
@@ -64,25 +66,91 @@ fn wrong_password_and_unknown_user_fail_identically() {
     assert_eq!(salt(&again), salt(&attempt("nobody").1));
 }
 
+/// One login exchange with a chosen client nonce: the challenge, the proof
+/// sent and the server's answer.
+fn login_with_nonce(
+    c: &mut Raw,
+    user: &str,
+    password: &str,
+    nonce: &[u8],
+) -> (Reply<'static>, Vec<u8>, Reply<'static>) {
+    let challenge = c.call(&Request::LoginStart {
+        user: user.into(),
+        client_nonce: nonce.to_vec(),
+    });
+    let Reply::Challenge {
+        server_nonce,
+        salt,
+        kdf,
+    } = &challenge
+    else {
+        panic!("expected a challenge, got {challenge:?}");
+    };
+    let keys = scram::client_keys(password.as_bytes(), salt, kdf).expect("kdf");
+    let auth = scram::Transcript {
+        user,
+        client_nonce: nonce,
+        server_nonce,
+        salt,
+        kdf: *kdf,
+    }
+    .auth_message();
+    let proof = scram::client_proof(&keys, &auth).to_vec();
+    let reply = c.call(&Request::LoginProof {
+        proof: proof.clone(),
+    });
+    (challenge, proof, reply)
+}
+
+fn server_nonce(challenge: &Reply) -> Vec<u8> {
+    match challenge {
+        Reply::Challenge { server_nonce, .. } => server_nonce.clone(),
+        other => panic!("expected a challenge, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_replayed_proof_is_refused() {
     let (_data, server) = server_with_users(&[]);
+    let mut nonce = [0u8; NONCE_LEN];
+    scram::fill_random(&mut nonce).expect("random");
     let mut c = Raw::connect(server.addr);
     c.hello();
-    let (reply, _, proof) = c.login_capture("alice", "alice-pw");
-    assert!(matches!(reply, Reply::LoginOk { .. }));
-    // Replay the captured proof on a new connection: the server's nonce is
-    // fresh, so the proof no longer matches.
+    let (first, proof, reply) = login_with_nonce(&mut c, "alice", "alice-pw", &nonce);
+    assert!(matches!(reply, Reply::LoginOk { .. }), "{reply:?}");
+    // Replay the captured exchange byte for byte on a new connection: only
+    // the server's fresh nonce can make the proof stale.
     let mut replay = Raw::connect(server.addr);
     replay.hello();
-    let challenge = replay.call(&Request::LoginStart {
+    let second = replay.call(&Request::LoginStart {
         user: "alice".into(),
-        client_nonce: vec![7; NONCE_LEN],
+        client_nonce: nonce.to_vec(),
     });
-    assert!(matches!(challenge, Reply::Challenge { .. }));
+    assert_ne!(
+        server_nonce(&first),
+        server_nonce(&second),
+        "the server reused its nonce"
+    );
     match replay.call(&Request::LoginProof { proof }) {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::AuthFailed),
         other => panic!("replay accepted: {other:?}"),
+    }
+}
+
+#[test]
+fn every_challenge_carries_a_fresh_server_nonce() {
+    let (_data, server) = server_with_users(&[]);
+    let mut seen = HashSet::new();
+    for user in ["alice", "alice", "nobody", "nobody", "bob"] {
+        let mut c = Raw::connect(server.addr);
+        c.hello();
+        let challenge = c.call(&Request::LoginStart {
+            user: user.into(),
+            client_nonce: vec![7; NONCE_LEN],
+        });
+        let nonce = server_nonce(&challenge);
+        assert_eq!(nonce.len(), NONCE_LEN, "{user}");
+        assert!(seen.insert(nonce), "{user}: a server nonce came twice");
     }
 }
 
@@ -112,23 +180,48 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
         other => panic!("expected a lockout, got {other:?}"),
     }
     // While a failing login waits out its penalty, alice logs in: her reply
-    // arrives first, so the penalty did not hold up the reactor.
+    // arrives first, so the penalty did not hold up the reactor. Her keys
+    // are derived before carol's penalty starts, so within it she only has
+    // a round trip and a few HMACs to do.
+    let mut alice = Raw::connect(server.addr);
+    alice.hello();
+    let mut alice_nonce = [0u8; NONCE_LEN];
+    scram::fill_random(&mut alice_nonce).expect("random");
+    let challenge = alice.call(&Request::LoginStart {
+        user: "alice".into(),
+        client_nonce: alice_nonce.to_vec(),
+    });
+    let Reply::Challenge {
+        server_nonce,
+        salt,
+        kdf,
+    } = &challenge
+    else {
+        panic!("expected a challenge, got {challenge:?}");
+    };
+    let keys = scram::client_keys(b"alice-pw", salt, kdf).expect("kdf");
+    let auth = scram::Transcript {
+        user: "alice",
+        client_nonce: &alice_nonce,
+        server_nonce,
+        salt,
+        kdf: *kdf,
+    }
+    .auth_message();
     let mut slow = Raw::connect(server.addr);
     slow.hello();
     let mut nonce = [0u8; NONCE_LEN];
-    ftpd::scram::fill_random(&mut nonce).unwrap();
+    scram::fill_random(&mut nonce).expect("random");
     slow.send(&Request::LoginStart {
         user: "carol".into(),
         client_nonce: nonce.to_vec(),
     });
     assert!(matches!(slow.recv(), Some(Reply::Challenge { .. })));
     slow.send(&Request::LoginProof { proof: vec![0; 32] });
-    let mut alice = Raw::connect(server.addr);
-    alice.hello();
-    assert!(matches!(
-        alice.login("alice", "alice-pw"),
-        Reply::LoginOk { .. }
-    ));
+    let reply = alice.call(&Request::LoginProof {
+        proof: scram::client_proof(&keys, &auth).to_vec(),
+    });
+    assert!(matches!(reply, Reply::LoginOk { .. }), "{reply:?}");
     slow.stream.set_nonblocking(true).expect("nonblocking");
     let mut probe = [0u8; 1];
     let pending = slow.stream.peek(&mut probe);

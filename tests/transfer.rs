@@ -644,9 +644,16 @@ fn an_upload_over_the_quota_is_refused_before_any_data_moves() {
         "{reply:?}"
     );
     assert_eq!(c.call(&Request::Ping), Reply::Pong);
+    // Its disconnection is logged after anything about its refused upload.
+    let me = c.stream.local_addr().expect("local addr");
+    drop(c);
+    let log = env
+        .server
+        .log_until(&format!("{me}: disconnected"), Duration::from_secs(10))
+        .expect("the session's end was not logged");
     assert!(
-        !env.server.log_lines().iter().any(|l| l.contains("dir=put")),
-        "no upload ever started"
+        !log.iter().any(|l| l.contains("dir=put")),
+        "a refused upload was logged as a transfer: {log:#?}"
     );
 
     // Exactly the quota fits; then not one byte more; an empty file still does.

@@ -93,6 +93,38 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// Set to `1` to make every [`skip`] a failure (CI sets it where the
+/// machine offers root and `strace`).
+pub const REQUIRE_ENV: &str = "FTPD_REQUIRE_FAULT_TESTS";
+
+/// A file that every [`skip`] appends a line to, so a skip shows in CI even
+/// though the test harness swallows a passing test's stderr.
+pub const SKIP_LOG_ENV: &str = "FTPD_SKIP_LOG";
+
+/// The one way a test skips because the machine lacks something (root,
+/// `unshare`, `strace`, `prlimit`, an IPv6 loopback): says so on stderr and
+/// in the `FTPD_SKIP_LOG` file, and fails instead under
+/// `FTPD_REQUIRE_FAULT_TESTS=1`. The caller returns right after.
+pub fn skip(reason: &str) {
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("?");
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("{test} would be skipped ({reason}), but {REQUIRE_ENV}=1");
+    }
+    eprintln!("skipped: {reason}");
+    if let Some(file) = std::env::var_os(SKIP_LOG_ENV) {
+        let line = format!("{test}: {reason}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            panic!("cannot record the skip in {}: {e}", file.to_string_lossy());
+        }
+    }
+}
+
 /// A running `ftpd`, killed on drop.
 pub struct TestServer {
     pub child: Child,
@@ -104,10 +136,15 @@ impl TestServer {
     /// Starts `ftpd --root DATA --listen 127.0.0.1:0 EXTRA...` and waits for
     /// its `listening on ADDR` line.
     pub fn start(data: &DataDir, extra: &[&str]) -> TestServer {
+        TestServer::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    /// As [`TestServer::start`], listening on `listen` instead.
+    pub fn start_on(data: &DataDir, listen: &str, extra: &[&str]) -> TestServer {
         let mut child = Command::new(FTPD)
             .arg("--root")
             .arg(data.path())
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(["--listen", listen, "--log-level", "debug"])
             .args(if extra.contains(&"--login-delay-ms") {
                 &[][..]
             } else {
@@ -153,6 +190,24 @@ impl TestServer {
     /// Log lines printed so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// Every log line not read yet, up to and including the first that
+    /// contains `needle` (waiting up to `timeout` for it); `None` if it
+    /// never came. The log is one ordered stream, so a line about anything
+    /// that happened before `needle`'s event is in the result.
+    pub fn log_until(&self, needle: &str, timeout: Duration) -> Option<Vec<String>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.log.recv_timeout(left).ok()?;
+            let last = line.contains(needle);
+            lines.push(line);
+            if last {
+                return Some(lines);
+            }
+        }
     }
 
     /// Waits up to `timeout` for a log line containing `needle`.
@@ -221,7 +276,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Raw::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A protocol client on a stream connected some other way.
+    pub fn from_stream(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
@@ -260,6 +319,33 @@ impl Raw {
                 Err(e) => panic!("read: {e}"),
             }
         }
+    }
+
+    /// The replies that have already arrived, read without waiting.
+    pub fn recv_now(&mut self) -> Vec<Reply<'static>> {
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.rx.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break, // WouldBlock, or the connection is gone
+            }
+        }
+        self.stream.set_nonblocking(false).expect("blocking");
+        let mut replies = Vec::new();
+        while let Ok(Some((reply, n))) = frame::decode::<Reply>(&self.rx) {
+            let owned = own(reply);
+            self.rx.drain(..n);
+            replies.push(owned);
+        }
+        replies
+    }
+
+    /// Every reply until the server closes the connection.
+    pub fn recv_to_end(&mut self) -> Vec<Reply<'static>> {
+        std::iter::from_fn(|| self.recv()).take(10_000).collect()
     }
 
     pub fn hello(&mut self) {
