@@ -155,6 +155,12 @@ fn assert_removed_file(c: &Change, charge: u64) {
     assert!(-c.bytes >= i64::try_from(charge).unwrap(), "{c:?}");
 }
 
+/// Asserts that `c` removed one partial upload that cost `charge`.
+fn assert_removed_partial(c: &Change, charge: u64) {
+    assert_eq!(c.entries, -1, "{c:?}");
+    assert!(-c.bytes >= i64::try_from(charge).unwrap(), "{c:?}");
+}
+
 /// Asserts that `c` added or removed no file or folder.
 fn assert_no_entry_change(c: &Change) {
     assert_eq!((c.entries, c.gone), (0, None), "{c:?}");
@@ -325,7 +331,7 @@ fn symlinks_are_listed_but_never_followed() {
         books.wrote(0, 6);
         assert_eq!(publish_code(fx.jail.publish_partial(&up)), DENIED, "{link}");
         let removed = books.counted(fx.jail.remove_partial(&up).unwrap());
-        assert_removed_file(&removed, file_charge(6));
+        assert_removed_partial(&removed, file_charge(6));
         books.check(&format!("an upload below {link}"));
         assert!(fx.home.join("f.txt").exists() && fx.home.join("docs").is_dir());
     }
@@ -768,7 +774,8 @@ fn partial_upload_publishes_atomically() {
     fs::write(fx.home.join("docs/a.txt"), "old").unwrap();
     let mut books = Books::new(&fx.home);
 
-    // No partial yet: nothing to remove or publish.
+    // No partial yet: nothing to measure, remove or publish.
+    assert_eq!(fx.jail.partial_len(&target).unwrap(), None);
     assert_eq!(fx.jail.remove_partial(&target).unwrap(), Change::default());
     assert_eq!(
         publish_code(fx.jail.publish_partial(&target)),
@@ -791,6 +798,7 @@ fn partial_upload_publishes_atomically() {
     f.write_all(b"hel").unwrap();
     books.wrote(0, 3);
     drop(f);
+    assert_eq!(fx.jail.partial_len(&target).unwrap(), Some(3));
     // Reopening to resume keeps the data, and adds nothing.
     let opened = fx.jail.open_partial(&target, Some(3)).unwrap();
     assert_eq!(opened.existing, 3);
@@ -811,6 +819,7 @@ fn partial_upload_publishes_atomically() {
     books.check("a publish over a file");
     // The partial is gone.
     assert!(names(&fx.home.join(PARTIAL_DIR)).is_empty());
+    assert_eq!(fx.jail.partial_len(&target).unwrap(), None);
     assert_eq!(fx.jail.remove_partial(&target).unwrap(), Change::default());
     assert_eq!(
         publish_code(fx.jail.publish_partial(&target)),
@@ -888,7 +897,7 @@ fn publish_refuses_folders_and_replaces_symlinks_themselves() {
     );
     // The partial survives a refused publish.
     assert!(partial_path(&fx, &d).is_file());
-    assert_removed_file(
+    assert_removed_partial(
         &books.counted(fx.jail.remove_partial(&d).unwrap()),
         file_charge(1),
     );
@@ -966,11 +975,11 @@ fn remove_and_clean_partials_free_bytes() {
     );
 
     let mut books = Books::new(&fx.home);
-    books.add(put_partial(&fx.jail, &vp("/a"), b"1234567"));
-    books.wrote(0, 7);
-    assert_removed_file(
+    books.add(put_partial(&fx.jail, &vp("/a"), &[b'x'; 10_000]));
+    books.wrote(0, 10_000);
+    assert_removed_partial(
         &books.counted(fx.jail.remove_partial(&vp("/a")).unwrap()),
-        file_charge(7),
+        3 * BLOCK,
     );
 
     for (name, data) in [("/b", &b"12"[..]), ("/c", b"345"), ("/d", b"6789")] {
