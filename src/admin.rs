@@ -501,7 +501,8 @@ mod tests {
 
         fs::write(root.join("homes/alice/f"), vec![0u8; 2048]).unwrap();
         let report = set_quota(root, "alice", "1K").unwrap();
-        assert!(report.contains("already use 2.0 KiB"), "{report}");
+        // 2,048 bytes occupy one 4 KiB block.
+        assert!(report.contains("already use 4.0 KiB"), "{report}");
 
         assert!(set_quota(root, "alice", "lots").is_err());
         assert!(set_quota(root, "bob", "1G").is_err());
@@ -527,7 +528,8 @@ mod tests {
             lines,
             [
                 "NAME                QUOTA     USED",
-                "alice            10.0 MiB  1.5 KiB",
+                // 1,536 bytes occupy one 4 KiB block.
+                "alice            10.0 MiB  4.0 KiB",
                 "bob_the_builder   1.0 GiB  no home",
             ]
         );

@@ -86,8 +86,11 @@ struct ServeArgs {
     /// Seconds a lockout lasts (1-86400).
     #[arg(long, default_value_t = 300, value_parser = range::<u64>(1..=86_400))]
     lockout_secs: u64,
-    /// Helper threads for disk work (sync, hashing, large listings).
-    #[arg(long, default_value_t = 2)]
+    /// Helper threads for changes to users' trees: mkdir, rmdir, rm, mv,
+    /// opening, syncing, publishing and deleting uploads (1-64). Listings
+    /// and resume hashing have two threads of their own. One user holds at
+    /// most half of each lane's threads.
+    #[arg(long, default_value_t = 4, value_parser = range::<usize>(1..=64))]
     disk_threads: usize,
     /// Log detail on stderr.
     #[arg(long, value_enum, default_value = "info")]

@@ -368,7 +368,6 @@ fn concurrent_rm_and_put_of_one_name() {
 
 /// A move refused because its source is being uploaded names that source.
 #[test]
-#[ignore = "reason: bug, see report (the busy message names the destination)"]
 fn a_move_refused_as_busy_names_the_busy_file() {
     let site = Site::new();
     let new = content(512 * 1024, 6);

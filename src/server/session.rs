@@ -722,14 +722,14 @@ fn rename_target(
     {
         to = to.join(name)?;
     }
-    let busy = ctx
-        .accounts
-        .get(&login.user)
-        .is_some_and(|a| a.uploads.contains(&from) || a.uploads.contains(&to));
-    if busy {
+    let uploads = ctx.accounts.get(&login.user).map(|a| &a.uploads);
+    let busy = [&from, &to]
+        .into_iter()
+        .find(|p| uploads.is_some_and(|u| u.contains(*p)));
+    if let Some(busy) = busy {
         return Err(FsError {
             code: ErrorCode::Busy,
-            message: format!("busy: an upload to {} is in progress", to),
+            message: format!("busy: an upload to {busy} is in progress"),
         });
     }
     Ok((from, to))
