@@ -1,7 +1,8 @@
 //! The home jail, directories and quotas: every path resolves inside the
 //! user's home, which appears as `/`; symlinks and special files are shown
 //! but never followed or opened; commands answer in the user's terms and
-//! never name a server path; quota figures stay equal to the bytes on disk.
+//! never name a server path; quota figures stay equal to a recount of the
+//! disk in whole blocks.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ftpd::jail::{Jail, PARTIAL_DIR, VPath};
 use ftpd::proto::{Entry, EntryKind, ErrorCode, LIST_BATCH, QuotaInfo, Reply, Request};
 use ftpd::size::format_size;
+use ftpd::usage::{BLOCK, file_charge};
 
 use crate::util::{self, DataDir, Raw, TestServer};
 
@@ -258,6 +260,8 @@ fn raw_list(c: &mut Raw, path: &str) -> Result<Listing, (ErrorCode, String)> {
                 entries.extend(batch);
             }
             Reply::ListEnd { total, truncated } => {
+                // The server sends the folder's own order; clients sort.
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
                 return Ok(Listing {
                     entries,
                     frames,
@@ -283,12 +287,17 @@ fn assert_alive(c: &mut Raw) {
     assert_eq!(c.call(&Request::Ping), Reply::Pong);
 }
 
-/// Bytes in regular files under `dir` (hidden ones too), without following
+/// What the tree under `dir` costs (hidden entries too), without following
 /// symlinks: what a quota should count.
 fn disk_bytes(dir: &Path) -> u64 {
     // The server's own rule for what a tree costs (whole blocks, at least
     // one per file and folder): the figure it reports must equal it.
     ftpd::usage::disk_usage(dir).expect("recount")
+}
+
+/// What the top folder of `home` costs: what it grew beyond its first block.
+fn home_growth(home: &Path) -> u64 {
+    ftpd::usage::home_charge(&rustix::fs::stat(home).expect("stat home"))
 }
 
 /// What a folder holds, recursively: to prove that nothing changed.
@@ -783,9 +792,11 @@ fn odd_unicode_names_are_plain_names_inside_the_home() {
 
 #[test]
 fn the_partial_folder_is_hidden_and_cannot_be_named() {
-    let site = Site::new(&[("alice", None)]);
+    let mut site = Site::new(&[("alice", None)]);
     let home = site.home("alice");
     fs::create_dir(home.join("docs")).unwrap();
+    // Usage is counted from disk at start: docs costs a block.
+    site.restart();
     let mut c = site.raw("alice");
     raw_unfinished_put(&mut c, "docs/big.bin", 1000, 300);
     let parts = dir_names(&home.join(PARTIAL_DIR));
@@ -845,8 +856,9 @@ fn the_partial_folder_is_hidden_and_cannot_be_named() {
     assert_eq!(snapshot(&home), before, "the partial folder was touched");
     // The unfinished upload still counts against the quota.
     let q = raw_quota(&mut c);
-    assert_eq!((q.used, q.reserved), (300, 0));
-    assert_eq!(q.used, disk_bytes(&home));
+    assert_eq!((q.used, q.reserved), (disk_bytes(&home), 0));
+    // docs, the partial folder and the 300 bytes received so far.
+    assert_eq!(q.used, 2 * BLOCK + file_charge(300) + home_growth(&home));
 }
 
 #[test]
@@ -1079,17 +1091,19 @@ fn a_symlink_into_another_home_or_outside_is_not_a_way_in() {
     assert_eq!(snapshot(outside.path()), outside_before, "outside changed");
     assert_eq!(snapshot(&alice), alice_before, "alice's home changed");
     assert_eq!(dir_names(site.local.path()), ["evil.txt"]);
-    // Links count nothing against the quota.
+    // Links count nothing against the quota: only mine.txt does.
     let q = raw_quota(&mut canary);
-    assert_eq!(q.used, 4);
     assert_eq!(q.used, disk_bytes(&alice));
+    assert_eq!(q.used, file_charge(4) + home_growth(&alice));
     // `rm` of a link removes the link only.
     site.ok("alice", &["rm", "victim"]);
     site.ok("alice", &["rm", "bob"]);
     assert_eq!(snapshot(outside.path()), outside_before);
     assert_eq!(snapshot(&bob), bob_before);
     assert!(fs::symlink_metadata(alice.join("victim")).is_err());
-    assert_eq!(raw_quota(&mut canary).used, 4);
+    let used = raw_quota(&mut canary).used;
+    assert_eq!(used, disk_bytes(&alice));
+    assert_eq!(used, file_charge(4) + home_growth(&alice));
 }
 
 #[test]
@@ -1194,7 +1208,14 @@ fn special_files_are_listed_but_never_opened() {
     // Figures still agree with the disk, and everyone is still served.
     assert_alive(&mut canary);
     let q = raw_quota(&mut canary);
-    assert_eq!((q.used, q.reserved), (disk_bytes(&home), 0));
+    // The partial folder was planted behind the server's back (it counts
+    // its usage from disk at start), so its block is not in the figure;
+    // the refused uploads added nothing.
+    let planted = fs::metadata(&partials).unwrap().len();
+    assert_eq!(
+        (q.used, q.reserved),
+        (disk_bytes(&home) - ftpd::usage::dir_charge(planted), 0)
+    );
     let mut bob = site.raw("bob");
     let q = raw_quota(&mut bob);
     assert_eq!((q.used, q.reserved), (0, 0));
@@ -1340,11 +1361,21 @@ fn directory_commands_work_and_answer_in_user_terms() {
         ok_line("quota"),
     ];
     let out = site.script("alice", &lines);
+    // What is left: archive/ holding the 5-byte zz.txt, and the partial
+    // folder if an upload made it.
+    let partial = if home.join(PARTIAL_DIR).exists() {
+        BLOCK
+    } else {
+        0
+    };
+    let used = disk_bytes(&home);
+    assert_eq!(used, BLOCK + file_charge(5) + partial + home_growth(&home));
     assert_eq!(
         util::stdout(&out),
         format!(
-            "used       5 B\nlimit      1.0 MiB\navailable  {}\n",
-            format_size((1 << 20) - 5)
+            "used       {}\nlimit      1.0 MiB\navailable  {}\n",
+            format_size(used),
+            format_size((1 << 20) - used)
         )
     );
     assert_eq!(
@@ -1355,7 +1386,7 @@ fn directory_commands_work_and_answer_in_user_terms() {
     assert_eq!(fs::read(home.join("archive/zz.txt")).unwrap(), b"hello");
     let mut c = site.raw("alice");
     let q = raw_quota(&mut c);
-    assert_eq!((q.used, q.reserved, q.limit), (5, 0, 1 << 20));
+    assert_eq!((q.used, q.reserved, q.limit), (used, 0, 1 << 20));
     assert_eq!(q.used, disk_bytes(&home));
 }
 
@@ -1526,9 +1557,15 @@ fn two_users_at_once_never_see_each_others_files() {
     assert_eq!(raw_pwd(&mut a), "/shared");
     assert_eq!(raw_pwd(&mut b), "/shared");
     let (qa, qb) = (raw_quota(&mut a), raw_quota(&mut b));
-    assert_eq!((qa.used, qb.used), (300_000, 0));
     assert_eq!(qa.used, disk_bytes(&site.home("alice")));
     assert_eq!(qb.used, disk_bytes(&site.home("bob")));
+    // Each pays for shared/ and the partial folder; only alice for a file.
+    let (ga, gb) = (
+        home_growth(&site.home("alice")),
+        home_growth(&site.home("bob")),
+    );
+    assert_eq!(qa.used, 2 * BLOCK + file_charge(300_000) + ga);
+    assert_eq!(qb.used, 2 * BLOCK + gb);
     assert_eq!(dir_names(&site.data.path().join("homes")), ["alice", "bob"]);
 }
 
@@ -1575,14 +1612,26 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
         file("x300", 300),
     );
     // One session watches the figures that all of alice's sessions share.
+    // Each file and folder costs whole blocks (`file_charge`); the first
+    // upload also makes the partial folder, which costs a block from then
+    // on; the home itself only what it grows beyond its first block.
+    let fc = file_charge;
+    let costs = |sum: u64| sum + home_growth(&home);
+    let partial = BLOCK;
     let mut w = site.raw("alice");
     assert_eq!(check_quota(&mut w, &home, LIMIT, "nothing"), 0);
     site.ok("alice", &["put", &a10k, "a.bin"]);
     site.ok("alice", &["put", &b3k, "b.bin"]);
-    assert_eq!(check_quota(&mut w, &home, LIMIT, "two uploads"), 13_000);
+    assert_eq!(
+        check_quota(&mut w, &home, LIMIT, "two uploads"),
+        costs(partial + fc(10_000) + fc(3_000))
+    );
     // An upload over a file replaces it.
     site.ok("alice", &["put", &a4k, "a.bin"]);
-    assert_eq!(check_quota(&mut w, &home, LIMIT, "replacing upload"), 7_000);
+    assert_eq!(
+        check_quota(&mut w, &home, LIMIT, "replacing upload"),
+        costs(partial + fc(4_000) + fc(3_000))
+    );
     let lines = vec![
         ok_line("mkdir d"),
         ok_line("mv b.bin d"),
@@ -1597,20 +1646,23 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
     site.script("alice", &lines);
     assert_eq!(fs::metadata(home.join("d/b.bin")).unwrap().len(), 500);
     assert_eq!(fs::metadata(home.join("d/x.bin")).unwrap().len(), 200);
+    let folder_d = BLOCK;
     assert_eq!(
         check_quota(&mut w, &home, LIMIT, "moves"),
-        4_000 + 500 + 200
+        costs(partial + folder_d + fc(4_000) + fc(500) + fc(200))
     );
     site.ok("alice", &["rm", "a.bin"]);
-    assert_eq!(check_quota(&mut w, &home, LIMIT, "rm"), 700);
-    check_quota_text(&site, "alice", 700, LIMIT);
+    let after_rm = costs(partial + folder_d + fc(500) + fc(200));
+    assert_eq!(check_quota(&mut w, &home, LIMIT, "rm"), after_rm);
+    check_quota_text(&site, "alice", after_rm, LIMIT);
 
     // An unfinished upload's bytes count; a running one's are reserved.
     let mut c = site.raw("alice");
     raw_unfinished_put(&mut c, "d/partial.bin", 2_000, 600);
+    let unfinished = costs(partial + folder_d + fc(500) + fc(200) + fc(600));
     assert_eq!(
         check_quota(&mut w, &home, LIMIT, "an unfinished upload"),
-        1_300
+        unfinished
     );
     let data = vec![9u8; 1_000];
     assert!(matches!(
@@ -1622,8 +1674,15 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
         Reply::PutReady { offset: 0, .. }
     ));
     let q = raw_quota(&mut w);
-    assert_eq!((q.used, q.reserved), (1_300, 1_000));
-    assert_eq!(q.available(), LIMIT - 2_300);
+    // The open partial is on disk (and counts); the rest of the file and
+    // the block its folder may grow by are reserved, not used.
+    assert_eq!(q.used, disk_bytes(&home));
+    assert!(q.used >= unfinished, "{q:?}");
+    assert!(
+        q.reserved >= BLOCK && q.reserved <= fc(1_000) + 3 * BLOCK,
+        "{q:?}"
+    );
+    assert_eq!(q.available(), LIMIT - q.used - q.reserved);
     c.send(&Request::PutFrom { offset: 0 });
     c.send(&Request::Chunk(&data));
     assert_eq!(
@@ -1635,15 +1694,19 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
             crc32: crc32fast::hash(&data)
         }
     );
+    let finished = costs(partial + folder_d + fc(500) + fc(200) + fc(600) + fc(1_000));
     assert_eq!(
         check_quota(&mut w, &home, LIMIT, "a finished upload"),
-        2_300
+        finished
     );
     // Over the quota: refused with exit code 6, nothing changes.
     let too_big = file("too-big", 70_000);
     site.refused("alice", &["put", &too_big, "big.bin"], 6, "quota exceeded");
     assert!(!home.join("big.bin").exists());
-    assert_eq!(check_quota(&mut w, &home, LIMIT, "a refused upload"), 2_300);
+    assert_eq!(
+        check_quota(&mut w, &home, LIMIT, "a refused upload"),
+        finished
+    );
 
     // A crash and a restart: usage is counted again from disk, which now
     // also holds a file put there behind the server's back, and a link to
@@ -1655,21 +1718,26 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
     symlink(outside.path().join("huge"), home.join("huge-link")).unwrap();
     site.server = TestServer::start(&site.data, &[]);
     let mut w = site.raw("alice");
+    let kept = partial + folder_d + fc(600) + fc(1_000);
     assert_eq!(
         check_quota(&mut w, &home, LIMIT, "a restart"),
-        2_300 + 1_234
+        costs(kept + fc(500) + fc(200) + fc(1_234))
     );
     site.ok("alice", &["rm", "d/b.bin"]);
     site.ok("alice", &["mv", "d/offline.bin", "d/x.bin"]);
     // d/b.bin (500) removed, d/x.bin (200) replaced.
+    let changed = costs(kept + fc(1_234));
     assert_eq!(
         check_quota(&mut w, &home, LIMIT, "changes after restart"),
-        2_300 + 1_234 - 500 - 200
+        changed
     );
     site.restart();
     let mut w = site.raw("alice");
-    assert_eq!(check_quota(&mut w, &home, LIMIT, "a second restart"), 2_834);
-    check_quota_text(&site, "alice", 2_834, LIMIT);
+    assert_eq!(
+        check_quota(&mut w, &home, LIMIT, "a second restart"),
+        changed
+    );
+    check_quota_text(&site, "alice", changed, LIMIT);
     // Bob's figures never moved.
     let mut b = site.raw("bob");
     assert_eq!(
@@ -1699,6 +1767,7 @@ fn a_large_directory_is_listed_in_pieces_whole_and_sorted() {
 
     let mut c = site.raw("alice");
     assert_eq!(raw_cd(&mut c, "big"), "/big");
+    // Every name exactly once (`raw_list` sorts what the server streams).
     let listing = raw_list(&mut c, "").unwrap();
     assert_eq!(names(&listing.entries), expected);
     assert_eq!(
@@ -1804,7 +1873,9 @@ fn the_shell_runs_a_script_keeping_the_cwd_and_reporting_failures() {
 
 #[test]
 fn error_messages_never_name_a_server_path() {
-    let mut site = Site::new(&[("alice", Some("10K"))]);
+    // Room for the folder and rename reservations (8 KiB and 4 KiB) that
+    // come before their errors, but not for the 1 MiB upload.
+    let mut site = Site::new(&[("alice", Some("64K"))]);
     let home = site.home("alice");
     fs::create_dir(home.join("docs")).unwrap();
     fs::write(home.join("docs/a.txt"), b"alpha").unwrap();
@@ -1979,7 +2050,10 @@ fn a_deep_tree_does_not_lock_its_owner_out_after_a_restart() {
     drop(file);
     site.restart();
     let mut c = site.raw("alice");
-    assert_eq!(raw_quota(&mut c).used, 10);
+    // Twenty folders and a 10-byte file, a block each at least.
+    let used = raw_quota(&mut c).used;
+    assert_eq!(used, disk_bytes(&site.home("alice")));
+    assert!(used >= 20 * BLOCK + file_charge(10), "{used}");
     drop(c);
 
     // After a restart the user must still be able to log in, with the
@@ -1992,5 +2066,5 @@ fn a_deep_tree_does_not_lock_its_owner_out_after_a_restart() {
         matches!(reply, Reply::LoginOk { .. }),
         "alice cannot log in after a restart: {reply:?}"
     );
-    assert_eq!(raw_quota(&mut c).used, 10);
+    assert_eq!(raw_quota(&mut c).used, used);
 }

@@ -14,6 +14,7 @@ mod login;
 mod memory;
 mod props;
 mod protocol;
+mod quota;
 mod races;
 mod server_ops;
 mod transfer;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ftpd::jail::{Jail, VPath};
 use ftpd::proto::{CHUNK_SIZE, ErrorCode, QuotaInfo, Reply, Request};
 use ftpd::size::format_size;
+use ftpd::usage::{BLOCK, file_charge};
 
 use crate::util::{
     DataDir, FTPC, Raw, TestServer, assert_success, make_file, run_with_stdin, stderr,
@@ -180,6 +181,18 @@ impl Env {
         fs::metadata(self.partial_of(remote)).map_or(0, |m| m.len())
     }
 
+    /// After an upload whose data was bad: its partial is deleted on a
+    /// helper thread right after the error reply, and the figures return
+    /// to `before`; waits for both.
+    fn wait_bad_partial_gone(&self, before: QuotaInfo) {
+        wait_for("the bad partial to be deleted", || {
+            self.partials().is_empty()
+        });
+        wait_for("the figures to drop the bad partial", || {
+            self.quota() == before
+        });
+    }
+
     fn assert_no_partials(&self) {
         let partials = self.partials();
         assert!(partials.is_empty(), "partial files left: {partials:?}");
@@ -191,6 +204,33 @@ fn disk_bytes(dir: &Path) -> u64 {
     // The server's own rule for what a tree costs (whole blocks, at least
     // one per file and folder): the figure it reports must equal it.
     ftpd::usage::disk_usage(dir).expect("recount")
+}
+
+/// What `.ftpd-partial/` costs once the first upload has created it.
+const PARTIAL_DIR: u64 = BLOCK;
+/// The slack an upload reserves beyond its file for the target folder growing.
+const SLACK: u64 = BLOCK;
+/// Reserved while the partial is being opened (its first block and the
+/// folders that may grow to hold it).
+const OPEN_SLACK: u64 = 3 * BLOCK;
+
+/// What `PutStart` for a new file of `size` bytes needs available.
+fn need_at_start(size: u64) -> u64 {
+    file_charge(size) + OPEN_SLACK
+}
+
+/// What an open upload of `size` bytes still reserves once `written` are in.
+fn still_reserved(size: u64, written: u64) -> u64 {
+    file_charge(size) - file_charge(written) + SLACK
+}
+
+/// The refusal text for an upload needing `need` with `available` left.
+fn quota_refusal(need: u64, available: u64) -> String {
+    format!(
+        "quota exceeded: need {}, {} available",
+        format_size(need),
+        format_size(available)
+    )
 }
 
 /// Polls `cond` until it holds; panics after [`WAIT`].
@@ -498,11 +538,12 @@ fn round_trips_are_byte_identical() {
         env.ok(&["get", &name, &back]);
         assert_same_file(&env.local(&name), &env.local(&back));
         assert!(!env.local(&format!("{back}.part")).exists());
-        total += len as u64;
+        total += file_charge(len as u64);
     }
     env.assert_no_partials();
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, total);
+    // Every file in whole blocks, and the (empty) partial folder's block.
+    assert_eq!(env.quota().used, total + PARTIAL_DIR);
 }
 
 #[test]
@@ -523,7 +564,7 @@ fn large_file_round_trip() {
     assert_same_file(&env.local("big.bin"), &env.local("back.bin"));
     env.assert_no_partials();
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, LEN as u64);
+    assert_eq!(env.quota().used, file_charge(LEN as u64) + PARTIAL_DIR);
 }
 
 #[test]
@@ -656,21 +697,50 @@ fn an_upload_over_the_quota_is_refused_before_any_data_moves() {
         "a refused upload was logged as a transfer: {log:#?}"
     );
 
-    // Exactly the quota fits; then not one byte more; an empty file still does.
-    env.local_file("fit.bin", limit as usize, 2);
-    env.ok(&["put", "fit.bin"]);
-    assert_eq!(env.quota().used, limit);
-    env.local_file("one.bin", 1, 3);
-    let out = env.ftpc(&["put", "one.bin"]);
+    // The largest file whose blocks and opening slack fit does; one byte
+    // more does not.
+    let fit = limit / BLOCK * BLOCK - OPEN_SLACK;
+    assert!(need_at_start(fit) <= limit && need_at_start(fit + 1) > limit);
+    env.local_file("over.bin", fit as usize + 1, 5);
+    let out = env.ftpc(&["put", "over.bin"]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("need 1 B, 0 B available"),
+        stderr(&out).contains(&quota_refusal(need_at_start(fit + 1), limit)),
         "{}",
         stderr(&out)
     );
-    env.local_file("empty.bin", 0, 4);
-    env.ok(&["put", "empty.bin"]);
-    assert!(!env.home().join("one.bin").exists());
+    assert!(!env.home().join("over.bin").exists());
+    env.local_file("fit.bin", fit as usize, 2);
+    env.ok(&["put", "fit.bin"]);
+    let used = env.quota().used;
+    assert_eq!(used, file_charge(fit) + PARTIAL_DIR);
+    assert_eq!(used, disk_bytes(&env.home()));
+    // Then no room for one byte, nor for an empty file: it costs a block too.
+    for (name, len) in [("one.bin", 1), ("empty.bin", 0)] {
+        let want = quota_refusal(need_at_start(len as u64), limit - used);
+        // A fresh upload and one that asks to resume (as ftpc does) but
+        // has no partial are refused in the same figures.
+        let mut c = env.raw();
+        for resume in [false, true] {
+            match c.call(&Request::PutStart {
+                path: name.into(),
+                size: len as u64,
+                resume,
+            }) {
+                Reply::Error {
+                    code: ErrorCode::QuotaExceeded,
+                    message,
+                } => assert!(message.contains(&want), "resume={resume}: {message}"),
+                other => panic!("expected QuotaExceeded, got {other:?}"),
+            }
+        }
+        drop(c);
+        env.local_file(name, len, 3);
+        let out = env.ftpc(&["put", name]);
+        assert_eq!(out.status.code(), Some(6), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+        assert!(!env.home().join(name).exists());
+    }
     env.assert_quota_exact();
 }
 
@@ -703,8 +773,12 @@ fn concurrent_uploads_that_fit_alone_but_not_together() {
     let mut a = env.raw();
     let mut b = env.raw();
     begin_put(&mut a, "a.bin", a_data.len() as u64);
+    // Used: the partial folder and the empty partial's block.
     let q = env.quota();
-    assert_eq!((q.used, q.reserved), (0, 2 * MIB));
+    let used = PARTIAL_DIR + file_charge(0);
+    assert_eq!((q.used, q.reserved), (used, still_reserved(2 * MIB, 0)));
+    assert_eq!(q.used, disk_bytes(&env.home()));
+    let available = limit - q.used - q.reserved;
 
     // The second does not fit beside the first's reservation.
     match put_start(&mut b, "b.bin", b_data.len() as u64) {
@@ -712,7 +786,7 @@ fn concurrent_uploads_that_fit_alone_but_not_together() {
             code: ErrorCode::QuotaExceeded,
             message,
         } => assert!(
-            message.contains("need 2.0 MiB, 1.0 MiB available"),
+            message.contains(&quota_refusal(need_at_start(2 * MIB), available)),
             "{message}"
         ),
         other => panic!("expected QuotaExceeded, got {other:?}"),
@@ -722,7 +796,10 @@ fn concurrent_uploads_that_fit_alone_but_not_together() {
     send_chunks(&mut a, &a_data[..MIB as usize]);
     wait_for("half of a.bin on disk", || env.partial_len("a.bin") == MIB);
     let q = env.quota();
-    assert_eq!((q.used, q.reserved), (MIB, MIB));
+    assert_eq!(
+        (q.used, q.reserved),
+        (PARTIAL_DIR + file_charge(MIB), still_reserved(2 * MIB, MIB))
+    );
     assert!(q.used + q.reserved <= limit);
     assert_eq!(q.used, disk_bytes(&env.home()));
 
@@ -732,21 +809,31 @@ fn concurrent_uploads_that_fit_alone_but_not_together() {
     });
     assert_put_done(done, &a_data);
 
-    // Still no room for b; a smaller one fills the quota exactly.
-    let reply = put_start(&mut b, "b.bin", b_data.len() as u64);
-    assert_eq!(
-        err_code(&reply),
-        Some(ErrorCode::QuotaExceeded),
-        "{reply:?}"
-    );
-    let small = &b_data[..MIB as usize];
+    // Still no room for b, nor for one byte more than what is left; the
+    // largest that fits does.
+    let used = env.quota().used;
+    assert_eq!(used, file_charge(2 * MIB) + PARTIAL_DIR);
+    let small_len = (limit - used) / BLOCK * BLOCK - OPEN_SLACK;
+    assert_eq!(used + need_at_start(small_len), limit);
+    for len in [b_data.len() as u64, small_len + 1] {
+        let reply = put_start(&mut b, "b.bin", len);
+        assert_eq!(
+            err_code(&reply),
+            Some(ErrorCode::QuotaExceeded),
+            "{len}: {reply:?}"
+        );
+    }
+    let small = &b_data[..small_len as usize];
     assert_put_done(raw_put(&mut b, "b.bin", small), small);
 
     assert_content(&env.home().join("a.bin"), &a_data);
     assert_content(&env.home().join("b.bin"), small);
     env.assert_no_partials();
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, limit);
+    assert_eq!(
+        env.quota().used,
+        file_charge(2 * MIB) + file_charge(small_len) + PARTIAL_DIR
+    );
 }
 
 #[test]
@@ -809,6 +896,7 @@ fn more_bytes_than_announced_fail_and_leave_the_target_alone() {
     assert_eq!(c.call(&Request::Ping), Reply::Pong);
 
     assert_content(&env.home().join("t.bin"), &old);
+    env.wait_bad_partial_gone(before);
     env.assert_no_partials();
     assert_eq!(env.quota(), before);
     env.assert_quota_exact();
@@ -840,6 +928,7 @@ fn a_crc_mismatch_discards_the_upload() {
     assert_eq!(c.call(&Request::Ping), Reply::Pong);
 
     assert_content(&env.home().join("t.bin"), &old);
+    env.wait_bad_partial_gone(before);
     env.assert_no_partials();
     assert_eq!(env.quota(), before);
     env.assert_quota_exact();
@@ -880,7 +969,10 @@ fn an_overwrite_keeps_the_old_file_until_the_new_one_is_complete() {
     let q = env.quota();
     assert_eq!(
         (q.used, q.reserved),
-        (old.len() as u64 + 2 * MIB, new.len() as u64 - 2 * MIB)
+        (
+            file_charge(old.len() as u64) + file_charge(2 * MIB) + PARTIAL_DIR,
+            still_reserved(new.len() as u64, 2 * MIB)
+        )
     );
     assert_eq!(q.used, disk_bytes(&env.home()));
 
@@ -899,7 +991,10 @@ fn an_overwrite_keeps_the_old_file_until_the_new_one_is_complete() {
     assert_content(&env.local("after.bin"), &new);
     env.assert_no_partials();
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, new.len() as u64);
+    assert_eq!(
+        env.quota().used,
+        file_charge(new.len() as u64) + PARTIAL_DIR
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -936,7 +1031,7 @@ fn a_put_cut_off_by_the_client_resumes() {
     let out = env.ftpc(&["ls", ".ftpd-partial"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, cut as u64);
+    assert_eq!(env.quota().used, file_charge(cut as u64) + PARTIAL_DIR);
 
     let out = env.loud(&["put", "big.bin"]);
     assert_success(&out, "ftpc put (resume)");
@@ -944,7 +1039,7 @@ fn a_put_cut_off_by_the_client_resumes() {
     assert!(stderr(&out).contains(&note), "{}", stderr(&out));
     assert!(
         env.server
-            .wait_log("put /big.bin: resuming at", WAIT)
+            .wait_log("put \"/big.bin\": resuming at", WAIT)
             .is_some()
     );
     assert_content(&env.home().join("big.bin"), &data);
@@ -1022,7 +1117,7 @@ fn a_killed_ftpc_get_resumes_from_its_part_file() {
     assert!(stderr(&out).contains(&note), "{}", stderr(&out));
     assert!(
         env.server
-            .wait_log("get /big.bin: resuming at", WAIT)
+            .wait_log("get \"/big.bin\": resuming at", WAIT)
             .is_some()
     );
     assert_same_file(&env.local("src.bin"), &env.local("big.bin"));
@@ -1097,7 +1192,7 @@ fn an_upload_survives_a_server_crash_and_resumes_after_restart() {
     let mut c = env.raw();
     assert!(list(&mut c, "/").is_empty());
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, cut as u64);
+    assert_eq!(env.quota().used, file_charge(cut as u64) + PARTIAL_DIR);
 
     env.put_resumes(cut as u64, &data);
 }
@@ -1118,7 +1213,10 @@ fn a_corrupted_server_partial_is_detected_and_the_upload_starts_over() {
     assert_content(&env.home().join("big.bin"), &data);
     env.assert_no_partials();
     env.assert_quota_exact();
-    assert_eq!(env.quota().used, data.len() as u64);
+    assert_eq!(
+        env.quota().used,
+        file_charge(data.len() as u64) + PARTIAL_DIR
+    );
 }
 
 #[test]
@@ -1286,6 +1384,7 @@ fn data_damaged_in_transit_is_caught_with_exit_code_7() {
         stderr(&out)
     );
     assert_content(&env.home().join("f.bin"), &old);
+    env.wait_bad_partial_gone(before);
     env.assert_no_partials();
     assert_eq!(env.quota(), before);
     env.assert_quota_exact();

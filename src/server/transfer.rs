@@ -329,7 +329,7 @@ pub fn upload_opened(
             if e.code == ErrorCode::QuotaExceeded {
                 // Nothing to resume, and a new file does not fit: say so
                 // in the figures of a new file.
-                let need = still_needed(size, 0);
+                let need = still_needed(size, 0).saturating_add(OPEN_SLACK);
                 let available = ctx.accounts.quota_info(&user).available();
                 let message = format!(
                     "quota exceeded: need {}, {} available",

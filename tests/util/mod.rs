@@ -275,6 +275,28 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// A session over a socket with a tiny receive window, so whatever
+    /// the server sends backs up at once (a client that stops reading).
+    pub fn connect_tiny_window(addr: SocketAddr) -> Raw {
+        use rustix::net::{AddressFamily, SocketType, sockopt};
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = rustix::net::socket(family, SocketType::STREAM, None).expect("socket");
+        sockopt::set_socket_recv_buffer_size(&fd, 1024).expect("SO_RCVBUF");
+        rustix::net::connect(&fd, &addr).expect("connect");
+        let stream = TcpStream::from(fd);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Raw {
+            stream,
+            rx: Vec::new(),
+        }
+    }
+
     pub fn connect(addr: SocketAddr) -> Raw {
         Raw::from_stream(TcpStream::connect(addr).expect("connect"))
     }

@@ -1,0 +1,260 @@
+//! Quotas no user can overshoot: the three attacks of issue 11, each
+//! against the real server. The physical criterion: what the home really
+//! occupies (allocated blocks, as `du -s -B1` counts them) never exceeds
+//! the quota by more than one chunk, and the figure the server shows
+//! equals a recount.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use ftpd::proto::{CHUNK_SIZE, QuotaInfo, Reply, Request};
+use ftpd::usage::disk_usage;
+
+use crate::util::{DataDir, Raw, TestServer};
+
+const PW: &str = "pw";
+
+/// `du -s -B1`: the blocks allocated under `dir`, `dir` itself included.
+fn du(dir: &Path) -> u64 {
+    let meta = std::fs::symlink_metadata(dir).expect("lstat");
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            total += du(&entry.expect("entry").path());
+        }
+    }
+    total
+}
+
+struct Site {
+    data: DataDir,
+    server: TestServer,
+}
+
+impl Site {
+    fn new(quota: &str) -> Site {
+        let data = DataDir::new();
+        data.add_user("alice", PW, Some(quota));
+        std::fs::create_dir_all(data.home("alice")).expect("home");
+        let server = TestServer::start(&data, &[]);
+        Site { data, server }
+    }
+
+    fn session(&self) -> Raw {
+        let mut c = Raw::connect(self.server.addr);
+        c.hello();
+        match c.login("alice", PW) {
+            Reply::LoginOk { .. } => c,
+            other => panic!("login: {other:?}"),
+        }
+    }
+
+    fn quota(&self) -> QuotaInfo {
+        match self.session().call(&Request::Quota) {
+            Reply::Quota(q) => q,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// With every session settled: the figure equals a recount and the
+    /// disk holds no more than the quota and a chunk.
+    fn assert_exact(&self, what: &str) {
+        let home = self.data.home("alice");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let q = self.quota();
+            let recount = disk_usage(&home).expect("recount");
+            if (q.used, q.reserved) == (recount, 0) {
+                let on_disk = du(&home);
+                assert!(
+                    on_disk <= q.limit + CHUNK_SIZE as u64,
+                    "{what}: {on_disk} bytes on disk under a quota of {}",
+                    q.limit
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: server says {q:?}, recount {recount}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Uploads `bytes` to `path` over a raw session; the final reply.
+fn upload(c: &mut Raw, path: &str, bytes: &[u8]) -> Reply<'static> {
+    match c.call(&Request::PutStart {
+        path: path.into(),
+        size: bytes.len() as u64,
+        resume: false,
+    }) {
+        Reply::PutReady { .. } => {}
+        other => return other,
+    }
+    c.send(&Request::PutFrom { offset: 0 });
+    for chunk in bytes.chunks(CHUNK_SIZE) {
+        c.send(&Request::Chunk(chunk));
+    }
+    c.call(&Request::PutEnd {
+        crc32: crc32fast::hash(bytes),
+    })
+}
+
+fn put_ok(c: &mut Raw, path: &str, bytes: &[u8]) {
+    match upload(c, path, bytes) {
+        Reply::PutDone { .. } => {}
+        other => panic!("put {path}: {other:?}"),
+    }
+}
+
+/// Fills the home with 1 MiB files until the server refuses one; returns
+/// how many it took.
+fn fill(site: &Site) -> usize {
+    let mut c = site.session();
+    let block = vec![7u8; 1 << 20];
+    for i in 0..10_000 {
+        match upload(&mut c, &format!("/fill{i}"), &block) {
+            Reply::PutDone { .. } => {}
+            Reply::Error {
+                code: ftpd::proto::ErrorCode::QuotaExceeded,
+                ..
+            } => return i,
+            other => panic!("fill {i}: {other:?}"),
+        }
+    }
+    panic!("the quota never ran out");
+}
+
+#[test]
+fn concurrent_removes_and_renames_keep_the_figure_exact() {
+    const PAIRS: usize = 30;
+    const ROUNDS: usize = 6;
+    let site = Site::new("30M");
+    let big = vec![1u8; 256 * 1024];
+    let mut setup = site.session();
+    let barrier = Arc::new(Barrier::new(PAIRS + 1));
+    let mut workers = Vec::new();
+    for j in 0..PAIRS {
+        // One thread per pair sends both requests back to back, so the
+        // server gets them together and its helpers run them side by side.
+        let (mut remover, mut mover) = (site.session(), site.session());
+        let barrier = Arc::clone(&barrier);
+        workers.push(std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                barrier.wait(); // files in place
+                remover.send(&Request::Remove {
+                    path: format!("/t{j}"),
+                });
+                mover.send(&Request::Rename {
+                    from: format!("/e{j}"),
+                    to: format!("/t{j}"),
+                });
+                // Either may lose the race; what matters is the figure.
+                let _ = (remover.recv(), mover.recv());
+                barrier.wait(); // round over
+            }
+        }));
+    }
+    for round in 0..ROUNDS {
+        for j in 0..PAIRS {
+            put_ok(&mut setup, &format!("/t{j}"), &big);
+            put_ok(&mut setup, &format!("/e{j}"), b"");
+        }
+        barrier.wait();
+        barrier.wait();
+        site.assert_exact(&format!("after round {round}"));
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    drop(setup);
+    let n = fill(&site);
+    assert!(n <= 30, "{n} MiB stored under a 30 MiB quota");
+    site.assert_exact("filled up");
+}
+
+#[test]
+fn a_deleted_file_still_being_downloaded_stays_charged() {
+    let site = Site::new("10M");
+    let file = vec![3u8; 9 << 20];
+    let mut owner = site.session();
+    put_ok(&mut owner, "/big", &file);
+    // A reader that starts the download and then reads nothing more: the
+    // server holds the file open.
+    let mut reader = Raw::connect_tiny_window(site.server.addr);
+    reader.hello();
+    assert!(matches!(reader.login("alice", PW), Reply::LoginOk { .. }));
+    reader.send(&Request::GetStart {
+        path: "/big".into(),
+        offset: 0,
+        prefix_crc: 0,
+    });
+    assert!(matches!(reader.recv(), Some(Reply::GetReady { .. })));
+    assert!(matches!(
+        owner.call(&Request::Remove {
+            path: "/big".into()
+        }),
+        Reply::Ok
+    ));
+    let q = site.quota();
+    assert!(
+        q.used >= 9 << 20,
+        "a file still being read is free after its delete: {q:?}"
+    );
+    // So the space it still takes cannot be handed out again.
+    match upload(&mut owner, "/more", &vec![4u8; 2 << 20]) {
+        Reply::Error { code, message } => {
+            assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded, "{message}")
+        }
+        other => panic!("a 2 MiB upload next to a pinned 9 MiB file: {other:?}"),
+    }
+    // Once the download ends, the blocks are free, and so is the quota.
+    drop(reader);
+    site.assert_exact("after the download ended");
+    assert!(site.quota().used < 1 << 20, "{:?}", site.quota());
+    put_ok(&mut owner, "/again", &file);
+    site.assert_exact("after a new upload");
+}
+
+#[test]
+fn empty_files_and_folders_are_not_free() {
+    let tiny = Site::new("1");
+    let mut c = tiny.session();
+    match c.call(&Request::Mkdir { path: "/d".into() }) {
+        Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
+        other => panic!("mkdir under a 1-byte quota: {other:?}"),
+    }
+    match upload(&mut c, "/empty", b"") {
+        Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
+        other => panic!("an empty upload under a 1-byte quota: {other:?}"),
+    }
+    tiny.assert_exact("1-byte quota");
+
+    // Folders with the longest names, until the quota says no.
+    let site = Site::new("256K");
+    let mut c = site.session();
+    let mut made = 0;
+    for i in 0..1000 {
+        let name = format!("/{i:0>250}");
+        match c.call(&Request::Mkdir { path: name }) {
+            Reply::Ok => made += 1,
+            Reply::Error {
+                code: ftpd::proto::ErrorCode::QuotaExceeded,
+                ..
+            } => break,
+            other => panic!("mkdir {i}: {other:?}"),
+        }
+    }
+    assert!(made < 64, "{made} folders under a 256 KiB quota");
+    for i in 0..200 {
+        if let Reply::Error { code, .. } = upload(&mut c, &format!("/e{i}"), b"") {
+            assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded);
+            break;
+        }
+        assert!(i < 64, "empty files keep coming under a 256 KiB quota");
+    }
+    site.assert_exact("folders and empty files");
+}
