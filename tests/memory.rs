@@ -145,3 +145,41 @@ fn pings_after_login_from_sessions_that_never_read_stay_bounded() {
     assert!(per_conn <= 340, "{per_conn} KiB per logged-in connection");
     still_serves(server.addr);
 }
+
+#[test]
+fn listings_nobody_reads_hold_a_batch_not_the_folder() {
+    const SESSIONS: usize = 60;
+    let data = DataDir::new();
+    data.add_user("alice", "pw", None);
+    // 20,000 of the longest names, made behind the server's back (a
+    // listing does not care how they came).
+    let big = data.home("alice").join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..20_000 {
+        std::fs::File::create(big.join(format!("{i:0>255}"))).unwrap();
+    }
+    let server = TestServer::start(&data, &[]);
+    let pid = server.child.id();
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut raw = Raw::connect_tiny_window(server.addr);
+        raw.hello();
+        assert!(matches!(raw.login("alice", "pw"), Reply::LoginOk { .. }));
+        sessions.push(raw);
+    }
+    let before = settled_rss_kib(pid);
+    for raw in &mut sessions {
+        raw.send(&Request::List {
+            path: "/big".into(),
+        });
+    }
+    let after = settled_rss_kib(pid);
+    let per_listing = after.saturating_sub(before) / SESSIONS as u64;
+    eprintln!(
+        "{SESSIONS} parked listings of 20,000 names: RSS {before} -> {after} KiB, {per_listing} KiB each"
+    );
+    // A parked listing holds its folder handle, one batch of at most 256
+    // entries and a send buffer of 64 KiB plus one frame (README, limits).
+    assert!(per_listing <= 400, "{per_listing} KiB per parked listing");
+    still_serves(server.addr);
+}
