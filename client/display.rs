@@ -96,6 +96,11 @@ pub fn quota_text(q: &QuotaInfo) -> String {
         format_size(q.limit),
         format_size(q.available())
     );
+    // Files and folders count one each, unfinished uploads included.
+    out += &match q.max_files {
+        Some(max) => format!("\nfiles      {} of {max}", q.files),
+        None => format!("\nfiles      {}", q.files),
+    };
     out
 }
 
@@ -195,9 +200,17 @@ mod tests {
             used: 10,
             reserved: 0,
             limit: 100,
+            files: 3,
+            max_files: None,
         };
         assert!(!quota_text(&q).contains("reserved"));
-        let q = QuotaInfo { reserved: 5, ..q };
+        assert!(quota_text(&q).ends_with("files      3"));
+        let q = QuotaInfo {
+            reserved: 5,
+            max_files: Some(10),
+            ..q
+        };
         assert!(quota_text(&q).contains("reserved"));
+        assert!(quota_text(&q).ends_with("files      3 of 10"));
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::proto::KdfParams;
 use crate::scram::{self, DEFAULT_KDF};
 use crate::size::{format_size, parse_size};
-use crate::usage::disk_usage;
+use crate::usage::{disk_usage, tally};
 use crate::users::{self, DEFAULT_QUOTA, HOMES_DIR, User, UserDb, validate_name};
 
 /// Longest password accepted, in bytes: far beyond any real one, and it
@@ -31,6 +31,9 @@ pub enum UserCommand {
         /// Most bytes the user may store, e.g. 500M or 2G (binary units) [default: 1G].
         #[arg(long)]
         quota: Option<String>,
+        /// Most files and folders the user may have (0: no limit) [default: no limit].
+        #[arg(long)]
+        max_files: Option<u64>,
         /// Read the password from the first line of stdin instead of prompting.
         #[arg(long)]
         password_stdin: bool,
@@ -53,12 +56,16 @@ pub enum UserCommand {
     },
     /// Show all users with their quota and the space they use.
     List,
-    /// Change a user's quota.
+    /// Change a user's quota, or their limit on files and folders.
     Quota {
         /// Login name.
         name: String,
         /// New quota, e.g. 500M or 2G (binary units).
-        size: String,
+        #[arg(required_unless_present = "max_files")]
+        size: Option<String>,
+        /// Most files and folders the user may have (0: no limit).
+        #[arg(long)]
+        max_files: Option<u64>,
     },
 }
 
@@ -70,12 +77,14 @@ pub fn run(root: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add {
             name,
             quota,
+            max_files,
             password_stdin,
             kdf_log_n,
         } => {
             // Everything that can be checked is checked before the prompt,
             // so nobody types a password twice for nothing.
-            let plan = plan_add(root, &name, quota.as_deref(), kdf_log_n)?;
+            let mut plan = plan_add(root, &name, quota.as_deref(), kdf_log_n)?;
+            plan.max_files = max_files.filter(|&n| n > 0);
             let password = read_password(password_stdin, &name)?;
             add_user(root, &plan, &password)?
         }
@@ -89,7 +98,20 @@ pub fn run(root: &Path, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Del { name } => del_user(root, &name)?,
         UserCommand::List => list_users(root)?,
-        UserCommand::Quota { name, size } => set_quota(root, &name, &size)?,
+        UserCommand::Quota {
+            name,
+            size,
+            max_files,
+        } => {
+            let mut reports = Vec::new();
+            if let Some(size) = size {
+                reports.push(set_quota(root, &name, &size)?);
+            }
+            if let Some(max) = max_files {
+                reports.push(set_max_files(root, &name, max)?);
+            }
+            reports.join("\n")
+        }
     };
     // The change is made; a closed stdout only loses the report.
     let _ = writeln!(io::stdout(), "{report}");
@@ -101,6 +123,7 @@ pub fn run(root: &Path, cmd: UserCommand) -> anyhow::Result<()> {
 struct AddPlan {
     name: String,
     quota: u64,
+    max_files: Option<u64>,
     kdf: KdfParams,
 }
 
@@ -136,6 +159,7 @@ fn plan_add(
     Ok(AddPlan {
         name: name.to_owned(),
         quota,
+        max_files: None,
         kdf,
     })
 }
@@ -155,6 +179,7 @@ fn add_user(root: &Path, plan: &AddPlan, password: &[u8]) -> anyhow::Result<Stri
         db.insert(User {
             name: plan.name.clone(),
             quota: plan.quota,
+            max_files: plan.max_files,
             keys,
         });
         Ok(existed)
@@ -212,26 +237,54 @@ fn set_quota(root: &Path, name: &str, size: &str) -> anyhow::Result<String> {
     Ok(report)
 }
 
+/// Sets (or with 0 removes) a user's limit on files and folders.
+fn set_max_files(root: &Path, name: &str, max: u64) -> anyhow::Result<String> {
+    let limit = (max > 0).then_some(max);
+    UserDb::update(root, |db| {
+        existing_user_mut(db, name)?.max_files = limit;
+        anyhow::Ok(())
+    })?;
+    let mut report = match limit {
+        Some(max) => format!("{name} may now have at most {max} files and folders"),
+        None => format!("{name} may now have any number of files and folders"),
+    };
+    if let (Some(max), Ok(usage)) = (limit, tally(&users::home_dir(root, name)))
+        && usage.entries > max
+    {
+        report.push_str(&format!(
+            "; they already have {}, so creating more fails until they remove some",
+            usage.entries
+        ));
+    }
+    Ok(report)
+}
+
 fn list_users(root: &Path) -> anyhow::Result<String> {
     let db = UserDb::load(root)?;
     if db.is_empty() {
         return Ok("no users".to_owned());
     }
-    let rows: Vec<[String; 3]> = db
+    let rows: Vec<[String; 4]> = db
         .iter()
         .map(|user| {
-            let used = match disk_usage(&users::home_dir(root, &user.name)) {
-                Ok(bytes) => format_size(bytes),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => "no home".to_owned(),
+            let (used, files) = match tally(&users::home_dir(root, &user.name)) {
+                Ok(usage) => (format_size(usage.bytes), usage.entries.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    ("no home".to_owned(), "-".to_owned())
+                }
                 Err(e) => {
                     let _ = writeln!(io::stderr(), "warning: {e}");
-                    "?".to_owned()
+                    ("?".to_owned(), "?".to_owned())
                 }
             };
-            [user.name.clone(), format_size(user.quota), used]
+            let files = match user.max_files {
+                Some(max) => format!("{files}/{max}"),
+                None => files,
+            };
+            [user.name.clone(), format_size(user.quota), used, files]
         })
         .collect();
-    let header = ["NAME", "QUOTA", "USED"].map(str::to_owned);
+    let header = ["NAME", "QUOTA", "USED", "FILES"].map(str::to_owned);
     let width = |col: usize| {
         std::iter::once(&header)
             .chain(&rows)
@@ -239,10 +292,12 @@ fn list_users(root: &Path) -> anyhow::Result<String> {
             .max()
             .unwrap_or(0)
     };
-    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
     let lines: Vec<String> = std::iter::once(&header)
         .chain(&rows)
-        .map(|[name, quota, used]| format!("{name:<w0$}  {quota:>w1$}  {used:>w2$}"))
+        .map(|[name, quota, used, files]| {
+            format!("{name:<w0$}  {quota:>w1$}  {used:>w2$}  {files:>w3$}")
+        })
         .collect();
     Ok(lines.join("\n"))
 }
@@ -527,11 +582,31 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "NAME                QUOTA     USED",
+                "NAME                QUOTA     USED  FILES",
                 // 1,536 bytes occupy one 4 KiB block.
-                "alice            10.0 MiB  4.0 KiB",
-                "bob_the_builder   1.0 GiB  no home",
+                "alice            10.0 MiB  4.0 KiB      1",
+                "bob_the_builder   1.0 GiB  no home      -",
             ]
+        );
+        assert!(
+            set_max_files(root, "alice", 5)
+                .unwrap()
+                .contains("at most 5")
+        );
+        let table = list_users(root).unwrap();
+        assert!(table.lines().nth(1).unwrap().ends_with("  1/5"), "{table}");
+        assert_eq!(
+            UserDb::load(root).unwrap().get("alice").unwrap().max_files,
+            Some(5)
+        );
+        assert!(
+            set_max_files(root, "alice", 0)
+                .unwrap()
+                .contains("any number")
+        );
+        assert_eq!(
+            UserDb::load(root).unwrap().get("alice").unwrap().max_files,
+            None
         );
     }
 

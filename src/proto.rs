@@ -67,7 +67,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Sent first by every client ("FTPD" in ASCII), so that a stray client of
 /// another protocol is told apart from a client of another version.
@@ -345,6 +345,10 @@ pub struct QuotaInfo {
     pub reserved: u64,
     /// The quota.
     pub limit: u64,
+    /// Files and folders in the home, unfinished uploads included.
+    pub files: u64,
+    /// Most files and folders the home may hold, if limited.
+    pub max_files: Option<u64>,
 }
 
 impl QuotaInfo {

@@ -93,6 +93,8 @@ pub struct User {
     pub name: String,
     /// Most bytes the home may hold, unfinished uploads included.
     pub quota: u64,
+    /// Most files and folders the home may hold, if limited.
+    pub max_files: Option<u64>,
     /// Login keys (never the password).
     pub keys: StoredKeys,
 }
@@ -121,6 +123,7 @@ impl UserDb {
             let user = User {
                 name: record.name.clone(),
                 quota: record.quota,
+                max_files: record.max_files,
                 keys: StoredKeys {
                     salt: record.salt.to_vec(),
                     kdf: record.kdf,
@@ -431,6 +434,9 @@ struct Record {
     #[serde(deserialize_with = "de_name")]
     name: String,
     quota: u64,
+    /// Absent means no limit (and in files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_files: Option<u64>,
     #[serde(deserialize_with = "de_kdf")]
     kdf: KdfParams,
     #[serde(serialize_with = "ser_hex", deserialize_with = "de_hex")]
@@ -451,6 +457,7 @@ impl From<&User> for Record {
         Record {
             name: user.name.clone(),
             quota: user.quota,
+            max_files: user.max_files,
             kdf: user.keys.kdf,
             salt,
             stored_key: user.keys.stored_key,
@@ -530,6 +537,7 @@ mod tests {
 
     fn user(name: &str, quota: u64) -> User {
         User {
+            max_files: None,
             name: name.into(),
             quota,
             keys: scram::decoy_keys(&[3u8; KEY_LEN], name),

@@ -345,13 +345,15 @@ fn any_reply() -> impl Strategy<Value = Rep> {
         vec(entry(), 0..8).prop_map(move |e| msg(Reply::Entries(e))),
         (any::<u64>(), any::<bool>())
             .prop_map(move |(total, truncated)| msg(Reply::ListEnd { total, truncated })),
-        any::<(u64, u64, u64)>().prop_map(move |(used, reserved, limit)| msg(Reply::Quota(
-            QuotaInfo {
+        (any::<(u64, u64, u64)>(), any::<(u64, Option<u64>)>()).prop_map(
+            move |((used, reserved, limit), (files, max_files))| msg(Reply::Quota(QuotaInfo {
                 used,
                 reserved,
-                limit
-            }
-        ))),
+                limit,
+                files,
+                max_files,
+            }))
+        ),
         (any::<u64>(), any::<u32>())
             .prop_map(move |(offset, prefix_crc)| msg(Reply::PutReady { offset, prefix_crc })),
         (any::<u64>(), any::<u32>())

@@ -212,6 +212,9 @@ fn a_deleted_file_still_being_downloaded_stays_charged() {
         other => panic!("a 2 MiB upload next to a pinned 9 MiB file: {other:?}"),
     }
     // Once the download ends, the blocks are free, and so is the quota.
+    // (A reset, so the server hears of it at once rather than at its next
+    // zero-window probe.)
+    rustix::net::sockopt::set_socket_linger(&reader.stream, Some(Duration::ZERO)).expect("linger");
     drop(reader);
     site.assert_exact("after the download ended");
     assert!(site.quota().used < 1 << 20, "{:?}", site.quota());
@@ -257,4 +260,61 @@ fn empty_files_and_folders_are_not_free() {
         assert!(i < 64, "empty files keep coming under a 256 KiB quota");
     }
     site.assert_exact("folders and empty files");
+}
+
+#[test]
+fn a_limit_on_files_and_folders_holds_and_shows() {
+    let data = DataDir::new();
+    data.add_user("alice", PW, Some("10M"));
+    let out = data
+        .admin(&["user", "quota", "alice", "--max-files", "3"])
+        .output()
+        .unwrap();
+    crate::util::assert_success(&out, "ftpd user quota --max-files");
+    let server = TestServer::start(&data, &[]);
+    let site = Site { data, server };
+    let mut c = site.session();
+    assert!(matches!(
+        c.call(&Request::Mkdir { path: "/a".into() }),
+        Reply::Ok
+    ));
+    put_ok(&mut c, "/a/f", b"x");
+    // The partial-uploads folder is an entry too: three are used now.
+    match c.call(&Request::Mkdir { path: "/b".into() }) {
+        Reply::Error { code, message } => {
+            assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded);
+            assert!(message.contains("3 files and folders"), "{message}");
+        }
+        other => panic!("a fourth entry under a limit of 3: {other:?}"),
+    }
+    match upload(&mut c, "/g", b"y") {
+        Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
+        other => panic!("a new file past the limit: {other:?}"),
+    }
+    // An upload's partial is an entry while it runs, even one that will
+    // replace a file: at the limit, that is refused too.
+    assert!(matches!(
+        upload(&mut c, "/a/f", b"xyz"),
+        Reply::Error { .. }
+    ));
+    let q = site.quota();
+    assert_eq!((q.files, q.max_files), (3, Some(3)), "{q:?}");
+    let shown = site.server.ok("alice", PW, &["quota"]);
+    assert!(shown.contains("files      3 of 3"), "{shown}");
+    let listed = site.data.admin(&["user", "list"]).output().unwrap();
+    assert!(crate::util::stdout(&listed).contains("3/3"), "{listed:?}");
+    site.assert_exact("at the files limit");
+    // Room again once something goes.
+    assert!(matches!(
+        c.call(&Request::Rmdir { path: "/a".into() }),
+        Reply::Error { .. }
+    ));
+    assert!(matches!(
+        c.call(&Request::Remove {
+            path: "/a/f".into()
+        }),
+        Reply::Ok
+    ));
+    put_ok(&mut c, "/a/f", b"xyz");
+    site.assert_exact("after making room");
 }

@@ -203,6 +203,7 @@ fn data_with_many_users(count: usize) -> (DataDir, Vec<String>) {
         db.insert(User {
             name: name.clone(),
             quota: 1 << 30,
+            max_files: None,
             keys: keys.clone(),
         });
     }

@@ -502,6 +502,7 @@ impl SessionFixture {
         db.insert(User {
             name: USER.to_owned(),
             quota: QUOTA,
+            max_files: None,
             keys: stored,
         });
         db.save(dir.path()).expect("save users");

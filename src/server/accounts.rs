@@ -36,6 +36,10 @@ struct Reading {
 /// One user's shared state.
 pub struct Account {
     pub quota: u64,
+    /// Most files and folders the home may hold, if limited.
+    pub max_files: Option<u64>,
+    /// Entries promised to creations in progress.
+    reserved_entries: u64,
     pub keys: StoredKeys,
     pub jail: Arc<Jail>,
     /// What the home costs ([`usage::charge`]), unfinished uploads and
@@ -62,6 +66,8 @@ impl Account {
             used: self.used,
             reserved: self.reserved,
             limit: self.quota,
+            files: self.entries,
+            max_files: self.max_files,
         }
     }
 }
@@ -76,6 +82,7 @@ pub struct Credentials {
 /// A user in the user file whose home is being opened and recounted.
 struct Pending {
     quota: u64,
+    max_files: Option<u64>,
     keys: StoredKeys,
 }
 
@@ -167,12 +174,14 @@ impl Accounts {
         for user in db.iter() {
             if let Some(acc) = self.map.get_mut(&user.name) {
                 acc.quota = user.quota;
+                acc.max_files = user.max_files;
                 acc.keys = user.keys.clone();
                 acc.active = true;
                 continue;
             }
             let pending = Pending {
                 quota: user.quota,
+                max_files: user.max_files,
                 keys: user.keys.clone(),
             };
             if self.pending.insert(user.name.clone(), pending).is_none() {
@@ -202,6 +211,8 @@ impl Accounts {
                     name.to_owned(),
                     Account {
                         quota: pending.quota,
+                        max_files: pending.max_files,
+                        reserved_entries: 0,
                         keys: pending.keys,
                         jail: Arc::new(home.jail),
                         used: home.usage.bytes,
@@ -291,6 +302,8 @@ impl Accounts {
                 used: 0,
                 reserved: 0,
                 limit: 0,
+                files: 0,
+                max_files: None,
             })
     }
 
@@ -313,6 +326,41 @@ impl Accounts {
         }
         acc.reserved = acc.reserved.saturating_add(need);
         Ok(())
+    }
+
+    /// Reserves `bytes` and `entries` for a creation about to start (a
+    /// folder, an upload's partial), or says why it does not fit.
+    pub fn reserve_creation(
+        &mut self,
+        name: &str,
+        bytes: u64,
+        entries: u64,
+    ) -> Result<(), (ErrorCode, String)> {
+        if let Some(acc) = self.map.get(name)
+            && let Some(max) = acc.max_files
+            && acc
+                .entries
+                .saturating_add(acc.reserved_entries)
+                .saturating_add(entries)
+                > max
+        {
+            let message =
+                format!("quota exceeded: the limit of {max} files and folders is reached");
+            return Err((ErrorCode::QuotaExceeded, message));
+        }
+        self.reserve(name, bytes)?;
+        if let Some(acc) = self.map.get_mut(name) {
+            acc.reserved_entries = acc.reserved_entries.saturating_add(entries);
+        }
+        Ok(())
+    }
+
+    /// Hands back what [`Accounts::reserve_creation`] reserved.
+    pub fn release_creation(&mut self, name: &str, bytes: u64, entries: u64) {
+        self.release(name, bytes);
+        if let Some(acc) = self.map.get_mut(name) {
+            acc.reserved_entries = acc.reserved_entries.saturating_sub(entries);
+        }
     }
 
     /// Hands back `bytes` of a reservation.

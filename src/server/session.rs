@@ -298,6 +298,7 @@ pub enum JobResult {
     Changed {
         user: String,
         reserved: u64,
+        entries: u64,
         result: Result<Change, FsError>,
     },
     UploadOpened(Box<Opening>, Result<OpenedPartial, FsError>),
@@ -341,18 +342,17 @@ pub fn open_homes(ctx: &mut Ctx, names: Vec<String>) {
     }
 }
 
-/// Runs a change to the user's tree on a helper thread, with `slack`
-/// reserved for what it may add; the result replies.
+/// Runs a change to the user's tree on a helper thread, with `slack` bytes
+/// and `entries` reserved for what it may add; the result replies.
 fn change_tree(
     ctx: &mut Ctx,
-    key: usize,
-    generation: u64,
+    (key, generation): (usize, u64),
     login: &LoggedIn,
-    slack: u64,
+    (slack, entries): (u64, u64),
     op: impl FnOnce(&Jail) -> Result<Change, FsError> + Send + 'static,
 ) -> Result<Option<Reply<'static>>, FsError> {
     ctx.accounts
-        .reserve(&login.user, slack)
+        .reserve_creation(&login.user, slack, entries)
         .map_err(|(code, message)| FsError { code, message })?;
     let jail = Arc::clone(&login.jail);
     let user = login.user.clone();
@@ -361,6 +361,7 @@ fn change_tree(
         Step::Done(JobResult::Changed {
             user,
             reserved: slack,
+            entries,
             result,
         })
     };
@@ -654,19 +655,21 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             resolve(login, &path).and_then(|p| Ok(Some(Reply::Entry(login.jail.stat(&p)?))))
         }
         Request::Mkdir { path } => resolve(login, &path).and_then(|p| {
-            change_tree(ctx, key, generation, login, MKDIR_SLACK, move |jail| {
-                jail.mkdir(&p)
-            })
+            let op = move |jail: &Jail| jail.mkdir(&p);
+            change_tree(ctx, (key, generation), login, (MKDIR_SLACK, 1), op)
         }),
-        Request::Rmdir { path } => resolve(login, &path)
-            .and_then(|p| change_tree(ctx, key, generation, login, 0, move |j| j.rmdir(&p))),
-        Request::Remove { path } => resolve(login, &path)
-            .and_then(|p| change_tree(ctx, key, generation, login, 0, move |j| j.remove_file(&p))),
+        Request::Rmdir { path } => resolve(login, &path).and_then(|p| {
+            let op = move |jail: &Jail| jail.rmdir(&p);
+            change_tree(ctx, (key, generation), login, (0, 0), op)
+        }),
+        Request::Remove { path } => resolve(login, &path).and_then(|p| {
+            let op = move |jail: &Jail| jail.remove_file(&p);
+            change_tree(ctx, (key, generation), login, (0, 0), op)
+        }),
         Request::Rename { from, to } => {
             rename_target(login, ctx, &from, &to).and_then(|(from, to)| {
-                change_tree(ctx, key, generation, login, RENAME_SLACK, move |jail| {
-                    jail.rename(&from, &to)
-                })
+                let op = move |jail: &Jail| jail.rename(&from, &to);
+                change_tree(ctx, (key, generation), login, (RENAME_SLACK, 0), op)
             })
         }
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
@@ -784,9 +787,10 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         JobResult::Changed {
             user,
             reserved,
+            entries,
             result,
         } => {
-            ctx.accounts.release(&user, reserved);
+            ctx.accounts.release_creation(&user, reserved, entries);
             match result {
                 Ok(change) => {
                     ctx.accounts.apply(&user, change);
@@ -820,9 +824,10 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
         JobResult::Changed {
             user,
             reserved,
+            entries,
             result,
         } => {
-            ctx.accounts.release(&user, reserved);
+            ctx.accounts.release_creation(&user, reserved, entries);
             if let Ok(change) = result {
                 ctx.accounts.apply(&user, change);
             }

@@ -205,7 +205,7 @@ pub fn put_start(
     // go on (it may need less), and only if a partial is there: nothing
     // is created for an upload the quota cannot take.
     let full = still_needed(size, 0).saturating_add(OPEN_SLACK);
-    let reserved = match ctx.accounts.reserve(&user, full) {
+    let reserved = match ctx.accounts.reserve_creation(&user, full, 1) {
         Ok(()) => full,
         Err((code, message)) if !resume => {
             log!(
@@ -319,7 +319,8 @@ pub fn upload_opened(
         resume,
         reserved,
     } = opening;
-    ctx.accounts.release(&user, reserved);
+    ctx.accounts
+        .release_creation(&user, reserved, u64::from(reserved > 0));
     let opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
@@ -328,14 +329,15 @@ pub fn upload_opened(
             }
             if e.code == ErrorCode::QuotaExceeded {
                 // Nothing to resume, and a new file does not fit: say so
-                // in the figures of a new file.
-                let need = still_needed(size, 0).saturating_add(OPEN_SLACK);
-                let available = ctx.accounts.quota_info(&user).available();
-                let message = format!(
-                    "quota exceeded: need {}, {} available",
-                    format_size(need),
-                    format_size(available)
-                );
+                // as for a new file.
+                let full = still_needed(size, 0).saturating_add(OPEN_SLACK);
+                let message = match ctx.accounts.reserve_creation(&user, full, 1) {
+                    Err((_, message)) => message,
+                    Ok(()) => {
+                        ctx.accounts.release_creation(&user, full, 1);
+                        "quota exceeded; try again".to_owned()
+                    }
+                };
                 log!(
                     Info,
                     "{} {} put {}: {message}",
