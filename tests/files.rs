@@ -1373,9 +1373,10 @@ fn directory_commands_work_and_answer_in_user_terms() {
     assert_eq!(
         util::stdout(&out),
         format!(
-            "used       {}\nlimit      1.0 MiB\navailable  {}\n",
+            "used       {}\nlimit      1.0 MiB\navailable  {}\nfiles      {}\n",
             format_size(used),
-            format_size((1 << 20) - used)
+            format_size((1 << 20) - used),
+            ftpd::usage::tally(&home).unwrap().entries
         )
     );
     assert_eq!(
@@ -1582,13 +1583,15 @@ fn check_quota(c: &mut Raw, home: &Path, limit: u64, what: &str) -> u64 {
     disk
 }
 
-/// `ftpc quota` shows these figures.
+/// `ftpc quota` shows these figures, and the count of files and folders
+/// a recount finds.
 fn check_quota_text(site: &Site, user: &str, used: u64, limit: u64) {
     let expected = format!(
-        "used       {}\nlimit      {}\navailable  {}\n",
+        "used       {}\nlimit      {}\navailable  {}\nfiles      {}\n",
         format_size(used),
         format_size(limit),
-        format_size(limit - used)
+        format_size(limit - used),
+        ftpd::usage::tally(&site.home(user)).unwrap().entries
     );
     assert_eq!(site.ok(user, &["quota"]), expected);
 }

@@ -26,7 +26,10 @@ fn ping_round_trip_with_ftpc() {
         .expect("ftpc");
     crate::util::assert_success(&out, "ftpc ping");
     let text = crate::util::stdout(&out);
-    assert!(text.contains("protocol 1"), "{text}");
+    assert!(
+        text.contains(&format!("protocol {}", ftpd::proto::PROTOCOL_VERSION)),
+        "{text}"
+    );
 }
 
 #[test]
