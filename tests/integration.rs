@@ -4,6 +4,7 @@
 mod util;
 
 mod admin;
+mod fairness;
 mod faults;
 mod files;
 mod hostile;

@@ -1186,3 +1186,103 @@ fn ok<T>(r: &Result<T, FsError>) -> bool {
         }
     }
 }
+
+/// Any sequence of changes, successful or refused, adds up to a recount:
+/// the property the server's quota figures rest on.
+mod accounting {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Mkdir(u8),
+        Rmdir(u8),
+        /// Upload (dir, name, size) and publish it.
+        Put(u8, u8, u32),
+        /// Upload without publishing: a partial left for resume.
+        Partial(u8, u8, u32),
+        DropPartial(u8, u8),
+        Rename((u8, u8), (u8, u8)),
+        RenameDir(u8, u8),
+        Remove(u8, u8),
+    }
+
+    fn dir(d: u8) -> VPath {
+        VPath::resolve(&VPath::root(), &format!("/d{}", d % 3)).unwrap()
+    }
+
+    /// A file in the root (d = 0) or in /d1, /d2.
+    fn file(d: u8, n: u8) -> VPath {
+        let parent = if d.is_multiple_of(3) {
+            VPath::root()
+        } else {
+            dir(d)
+        };
+        parent.join(&format!("f{}", n % 4)).unwrap()
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let size = prop_oneof![Just(0u32), 1u32..5000, 4096u32..4097, 8000u32..20_000];
+        prop_oneof![
+            any::<u8>().prop_map(Op::Mkdir),
+            any::<u8>().prop_map(Op::Rmdir),
+            (any::<u8>(), any::<u8>(), size.clone()).prop_map(|(d, n, s)| Op::Put(d, n, s)),
+            (any::<u8>(), any::<u8>(), size).prop_map(|(d, n, s)| Op::Partial(d, n, s)),
+            (any::<u8>(), any::<u8>()).prop_map(|(d, n)| Op::DropPartial(d, n)),
+            (any::<(u8, u8)>(), any::<(u8, u8)>()).prop_map(|(a, b)| Op::Rename(a, b)),
+            (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::RenameDir(a, b)),
+            (any::<u8>(), any::<u8>()).prop_map(|(d, n)| Op::Remove(d, n)),
+        ]
+    }
+
+    fn upload(jail: &Jail, books: &mut Books, target: &VPath, size: u32) -> bool {
+        let Ok(mut opened) = jail.open_partial(target, None) else {
+            return false;
+        };
+        books.add(opened.change);
+        opened.file.write_all(&vec![9u8; size as usize]).unwrap();
+        books.wrote(0, u64::from(size));
+        true
+    }
+
+    fn apply(jail: &Jail, books: &mut Books, op: &Op) {
+        let change = match op {
+            Op::Mkdir(d) => jail.mkdir(&dir(*d)),
+            Op::Rmdir(d) => jail.rmdir(&dir(*d)),
+            Op::Put(d, n, size) => {
+                let target = file(*d, *n);
+                if !upload(jail, books, &target, *size) {
+                    return;
+                }
+                jail.publish_partial(&target)
+                    .map(|p| p.change)
+                    .map_err(|e| e.0)
+            }
+            Op::Partial(d, n, size) => {
+                upload(jail, books, &file(*d, *n), *size);
+                return;
+            }
+            Op::DropPartial(d, n) => jail.remove_partial(&file(*d, *n)),
+            Op::Rename((a, b), (c, e)) => jail.rename(&file(*a, *b), &file(*c, *e)),
+            Op::RenameDir(a, b) => jail.rename(&dir(*a), &dir(*b)),
+            Op::Remove(d, n) => jail.remove_file(&file(*d, *n)),
+        };
+        if let Ok(change) = change {
+            books.add(change);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn every_sequence_of_changes_adds_up_to_a_recount(ops in vec(op(), 1..40)) {
+            let fx = Fixture::new();
+            let mut books = Books::new(&fx.home);
+            for (i, op) in ops.iter().enumerate() {
+                apply(&fx.jail, &mut books, op);
+                books.check(&format!("step {i}: {op:?}"));
+            }
+        }
+    }
+}
