@@ -94,8 +94,9 @@ pub const MAX_PATH_LEN: usize = 1024;
 /// Deepest path (in components) the server resolves.
 pub const MAX_PATH_DEPTH: usize = 64;
 
-/// Most entries one listing returns; a larger directory is truncated and
-/// `ListEnd::truncated` says so.
+/// Most entries one listing returns; a larger directory is truncated (the
+/// first this many in the folder's own order are sent, the rest counted)
+/// and `ListEnd::truncated` says so.
 pub const MAX_LIST_ENTRIES: usize = 20_000;
 
 /// Entries per `Entries` frame, so a listing streams in bounded pieces.
@@ -195,7 +196,8 @@ pub enum Reply<'a> {
     Cwd(String),
     /// Answer to `Stat`.
     Entry(Entry),
-    /// A piece of a listing: 1 to [`LIST_BATCH`] entries. The decoder
+    /// A piece of a listing: 1 to [`LIST_BATCH`] entries, in the folder's
+    /// own order (clients sort). The decoder
     /// enforces the upper bound, so a frame never expands to more than a
     /// frame's worth of memory; [`Reply::check`] refuses an empty one.
     Entries(#[serde(deserialize_with = "batch_of_entries")] Vec<Entry>),
