@@ -2,8 +2,12 @@
 //! one connection as fast as the server takes them, while another user
 //! pings every few milliseconds; prints the pinger's round-trip times.
 //!
-//! `cargo run --release --example fairness -- ADDR FLOOD_USER FLOOD_PW USER PW [SECONDS]`
+//! `cargo run --release --example fairness -- ADDR FLOOD_USER FLOOD_PW USER PW [SECONDS] [uploads]`
 //! (`scripts/fairness.sh` sets up a server and both users).
+//!
+//! With `uploads`, the flooding user instead runs 63 sessions that upload
+//! 4 MiB files in a loop (each upload ends in a sync on the helper
+//! threads), and the other user times 1 KB uploads.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -111,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         bail!("usage: fairness ADDR FLOOD_USER FLOOD_PW USER PW [SECONDS]");
     };
     let secs: u64 = rest.first().map_or(Ok(8), |s| s.parse())?;
+    if rest.get(1).is_some_and(|m| m == "uploads") {
+        return uploads(addr, (flood_user, flood_pw), (user, pw), secs);
+    }
     let mut pinger = Session::login(addr, user, pw)?;
     let flood = Session::login(addr, flood_user, flood_pw)?;
     // The flood: one thread writes 400,000 pairs, another drains replies.
@@ -161,6 +168,83 @@ fn main() -> anyhow::Result<()> {
         percentile(&rtts, 0.5).as_secs_f64() * 1e3,
         percentile(&rtts, 0.99).as_secs_f64() * 1e3,
         rtts.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Uploads `bytes` as `path`; true when the server confirmed it.
+fn upload(s: &mut Session, path: &str, bytes: &[u8]) -> anyhow::Result<bool> {
+    s.send(&Request::PutStart {
+        path: path.into(),
+        size: bytes.len() as u64,
+        resume: false,
+    })?;
+    if !s.recv(|r| matches!(r, Reply::PutReady { .. }))? {
+        return Ok(false);
+    }
+    s.send(&Request::PutFrom { offset: 0 })?;
+    for chunk in bytes.chunks(ftpd::proto::CHUNK_SIZE) {
+        s.send(&Request::Chunk(chunk))?;
+    }
+    s.send(&Request::PutEnd {
+        crc32: crc32fast::hash(bytes),
+    })?;
+    s.recv(|r| matches!(r, Reply::PutDone { .. }))
+}
+
+/// 63 sessions of one user upload 4 MiB files in a loop; another user's
+/// 1 KB uploads are timed.
+fn uploads(
+    addr: &str,
+    (flood_user, flood_pw): (&str, &str),
+    (user, pw): (&str, &str),
+    secs: u64,
+) -> anyhow::Result<()> {
+    const FLOODERS: usize = 63;
+    let sessions = (0..FLOODERS)
+        .map(|_| Session::login(addr, flood_user, flood_pw))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut s = Session::login(addr, user, pw)?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut flooders = Vec::new();
+    for (i, mut s) in sessions.into_iter().enumerate() {
+        flooders.push(std::thread::spawn(move || -> anyhow::Result<u64> {
+            let big = vec![i as u8; 4 << 20];
+            let mut done = 0;
+            while Instant::now() < deadline {
+                if upload(&mut s, &format!("/big{i}"), &big)? {
+                    done += 1;
+                }
+            }
+            Ok(done)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let small = vec![1u8; 1000];
+    let mut times = Vec::new();
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        if !upload(&mut s, &format!("/small{}", n % 10), &small)? {
+            bail!("a 1 KB upload failed");
+        }
+        times.push(t.elapsed());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut big = 0;
+    for f in flooders {
+        big += f
+            .join()
+            .map_err(|_| anyhow::anyhow!("flooder panicked"))??;
+    }
+    times.sort();
+    println!(
+        "{FLOODERS} sessions of one user uploaded {big} files of 4 MiB in {secs} s; the other user's 1 KB uploads: {} done, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        times.len(),
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
     Ok(())
 }

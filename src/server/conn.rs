@@ -52,6 +52,12 @@ pub const TX_XFER: usize = 1024 * 1024;
 /// Bytes one connection may move in one turn before others get theirs.
 const TURN_BUDGET: usize = 1024 * 1024;
 
+/// Bytes all the connections of one user may move in one pass of the
+/// reactor over the ready connections: a user with many connections gets
+/// the share of a user with one, so others wait one short pass, not one
+/// turn per connection of the busiest user.
+pub const USER_PASS_BUDGET: usize = TURN_BUDGET;
+
 /// Requests one connection may have handled in one turn before others get
 /// theirs: bytes alone do not bound a turn, since a flood of tiny requests
 /// is mostly work, not bytes.
@@ -172,6 +178,8 @@ pub struct Conn {
     pub can_write: bool,
     peer_eof: bool,
     write_shut: bool,
+    /// Bytes moved by the last call of [`Conn::drive`].
+    moved: usize,
     pub st: State,
 }
 
@@ -192,6 +200,7 @@ impl Conn {
             can_write: true,
             peer_eof: false,
             write_shut: false,
+            moved: 0,
             st: State::new(peer, key, generation, now),
         }
     }
@@ -202,6 +211,7 @@ impl Conn {
     pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut Buffer) -> Drive {
         let mut budget = TURN_BUDGET;
         let mut requests = TURN_REQUESTS;
+        self.moved = 0;
         loop {
             let mut moved = 0;
             self.fit_buffers();
@@ -220,6 +230,7 @@ impl Conn {
             if moved > 0 {
                 self.st.active = ctx.now;
             }
+            self.moved += moved;
             if let Some(done) = self.finish_if_done() {
                 return done;
             }
@@ -340,6 +351,11 @@ impl Conn {
             return Some(Drive::Close);
         }
         None
+    }
+
+    /// Bytes the last turn moved.
+    pub fn moved(&self) -> usize {
+        self.moved
     }
 
     fn io_failed(&mut self, what: &str, e: &io::Error) -> Drive {

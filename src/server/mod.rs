@@ -104,6 +104,9 @@ pub struct Server {
     scratch: Buffer,
     timers: Timers,
     ready: VecDeque<(usize, u64)>,
+    /// Bytes each user's connections moved in this pass (see
+    /// [`conn::USER_PASS_BUDGET`]).
+    user_pass: HashMap<String, usize>,
     /// Connections open per client (an IPv4 address or an IPv6 /64).
     per_ip: HashMap<AddrKey, usize>,
     next_generation: u64,
@@ -140,6 +143,7 @@ impl Server {
             scratch: shared_scratch(),
             timers: Timers::default(),
             ready: VecDeque::new(),
+            user_pass: HashMap::new(),
             per_ip: HashMap::new(),
             next_generation: 0,
             accept_paused: false,
@@ -164,6 +168,7 @@ impl Server {
                 return Err(e.into());
             }
             self.ctx.now = Instant::now();
+            self.user_pass.clear();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -315,7 +320,28 @@ impl Server {
         else {
             return;
         };
-        match conn.drive(&mut self.ctx, &mut self.scratch) {
+        let user = conn.st.login.as_ref().map(|l| l.user.as_str());
+        let spent = user
+            .and_then(|u| self.user_pass.get(u))
+            .copied()
+            .unwrap_or(0);
+        if spent >= conn::USER_PASS_BUDGET {
+            // This user had their share of the pass; the next one serves
+            // them again (readiness is remembered, so nothing is lost).
+            self.ready.push_back((key, generation));
+            return;
+        }
+        let outcome = conn.drive(&mut self.ctx, &mut self.scratch);
+        if let Some(login) = &conn.st.login {
+            let moved = conn.moved();
+            match self.user_pass.get_mut(&login.user) {
+                Some(spent) => *spent += moved,
+                None => {
+                    self.user_pass.insert(login.user.clone(), moved);
+                }
+            }
+        }
+        match outcome {
             Drive::Idle => self.arm(key),
             Drive::Again => {
                 self.arm(key);
