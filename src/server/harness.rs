@@ -110,8 +110,22 @@ impl Harness {
                     session::timeout(&mut self.st, &mut self.tx, &mut self.ctx);
                 }
                 Phase::Listing(_) | Phase::Sending(_) => {}
-                _ => return,
+                _ => return self.finish_server_jobs(),
             }
+        }
+    }
+
+    /// Waits (bounded) until no disk job is left, handing the server's own
+    /// jobs (deleting a partial, closing a file) their results, so each
+    /// input ends with nothing still running.
+    fn finish_server_jobs(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ctx.worker.busy() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let done: Vec<_> = self.ctx.worker.finished().collect();
+        for d in done {
+            session::orphaned(&mut self.ctx, d.result);
         }
     }
 }
@@ -119,5 +133,6 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         session::closed(&mut self.st, &mut self.ctx);
+        self.finish_server_jobs();
     }
 }

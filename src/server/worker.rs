@@ -17,7 +17,7 @@
 //! owner's queue ([`Step::More`]), so no single job holds a thread for long.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -201,6 +201,8 @@ pub struct Worker<T> {
     /// Set when a wake-up is on its way and the reactor has not collected
     /// results since, so a burst of finished jobs costs one wake-up.
     wake_pending: Arc<AtomicBool>,
+    /// Jobs submitted whose result is not queued yet.
+    outstanding: Arc<AtomicUsize>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -210,6 +212,7 @@ impl<T: Send + 'static> Worker<T> {
     pub fn start(count: usize, waker: Arc<Waker>) -> std::io::Result<Worker<T>> {
         let (done_tx, done_rx) = mpsc::channel();
         let wake_pending = Arc::new(AtomicBool::new(false));
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let sync = Arc::new(Queues::new(count.max(1)));
         let read = Arc::new(Queues::new(READ_THREADS));
         let mut threads = Vec::new();
@@ -221,6 +224,7 @@ impl<T: Send + 'static> Worker<T> {
                     done: done_tx.clone(),
                     waker: Arc::clone(&waker),
                     wake_pending: Arc::clone(&wake_pending),
+                    outstanding: Arc::clone(&outstanding),
                 };
                 let handle = thread::Builder::new()
                     .name(format!("ftpd-{name}-{i}"))
@@ -233,6 +237,7 @@ impl<T: Send + 'static> Worker<T> {
             read,
             done: done_rx,
             wake_pending,
+            outstanding,
             threads,
         })
     }
@@ -243,6 +248,7 @@ impl<T: Send + 'static> Worker<T> {
             Lane::Sync => &self.sync,
             Lane::Read => &self.read,
         };
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
         queues.push(
             owner,
             Ticket {
@@ -251,6 +257,12 @@ impl<T: Send + 'static> Worker<T> {
                 job,
             },
         );
+    }
+
+    /// Whether any job is queued or running, or its result not yet queued
+    /// (for the fuzzing harness, which runs each input to its end).
+    pub fn busy(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) > 0
     }
 
     /// Results that are ready, without waiting.
@@ -285,6 +297,7 @@ struct Helper<T> {
     done: Sender<Done<T>>,
     waker: Arc<Waker>,
     wake_pending: Arc<AtomicBool>,
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl<T> Helper<T> {
@@ -316,7 +329,9 @@ impl<T> Helper<T> {
                         generation,
                         result,
                     };
-                    if self.done.send(done).is_err() {
+                    let sent = self.done.send(done);
+                    self.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    if sent.is_err() {
                         return;
                     }
                     if !self.wake_pending.swap(true, Ordering::AcqRel) {
