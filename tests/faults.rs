@@ -1195,23 +1195,6 @@ fn download(c: &mut Raw, path: &str) -> Result<Vec<u8>, Reply<'static>> {
     }
 }
 
-/// Uploads `bytes` to `path`; the final reply.
-fn upload(c: &mut Raw, path: &str, bytes: &[u8]) -> Reply<'static> {
-    match c.call(&Request::PutStart {
-        path: path.into(),
-        size: bytes.len() as u64,
-        resume: false,
-    }) {
-        Reply::PutReady { .. } => {}
-        other => return other,
-    }
-    c.send(&Request::PutFrom { offset: 0 });
-    c.send(&Request::Chunk(bytes));
-    c.call(&Request::PutEnd {
-        crc32: crc32fast::hash(bytes),
-    })
-}
-
 /// Reads a listing to its end; the names, or the error reply.
 fn list_names(c: &mut Raw, path: &str) -> Result<Vec<String>, Reply<'static>> {
     c.send(&Request::List { path: path.into() });
@@ -1313,7 +1296,7 @@ fn a_symlink_swapped_in_and_out_never_leads_outside_the_home() {
                     leaks.push(format!("listed the outside folder: {names:?}"));
                 }
             }
-            if let Reply::PutDone { .. } = upload(&mut c, &format!("d/raw-{i}"), b"written") {
+            if let Reply::PutDone { .. } = c.upload(&format!("d/raw-{i}"), b"written") {
                 *ok.entry("put").or_default() += 1;
             }
             if let Reply::Ok = c.call(&Request::Mkdir {

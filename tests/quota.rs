@@ -84,27 +84,8 @@ impl Site {
     }
 }
 
-/// Uploads `bytes` to `path` over a raw session; the final reply.
-fn upload(c: &mut Raw, path: &str, bytes: &[u8]) -> Reply<'static> {
-    match c.call(&Request::PutStart {
-        path: path.into(),
-        size: bytes.len() as u64,
-        resume: false,
-    }) {
-        Reply::PutReady { .. } => {}
-        other => return other,
-    }
-    c.send(&Request::PutFrom { offset: 0 });
-    for chunk in bytes.chunks(CHUNK_SIZE) {
-        c.send(&Request::Chunk(chunk));
-    }
-    c.call(&Request::PutEnd {
-        crc32: crc32fast::hash(bytes),
-    })
-}
-
 fn put_ok(c: &mut Raw, path: &str, bytes: &[u8]) {
-    match upload(c, path, bytes) {
+    match c.upload(path, bytes) {
         Reply::PutDone { .. } => {}
         other => panic!("put {path}: {other:?}"),
     }
@@ -116,7 +97,7 @@ fn fill(site: &Site) -> usize {
     let mut c = site.session();
     let block = vec![7u8; 1 << 20];
     for i in 0..10_000 {
-        match upload(&mut c, &format!("/fill{i}"), &block) {
+        match c.upload(&format!("/fill{i}"), &block) {
             Reply::PutDone { .. } => {}
             Reply::Error {
                 code: ftpd::proto::ErrorCode::QuotaExceeded,
@@ -205,7 +186,7 @@ fn a_deleted_file_still_being_downloaded_stays_charged() {
         "a file still being read is free after its delete: {q:?}"
     );
     // So the space it still takes cannot be handed out again.
-    match upload(&mut owner, "/more", &vec![4u8; 2 << 20]) {
+    match owner.upload("/more", &vec![4u8; 2 << 20]) {
         Reply::Error { code, message } => {
             assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded, "{message}")
         }
@@ -230,7 +211,7 @@ fn empty_files_and_folders_are_not_free() {
         Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
         other => panic!("mkdir under a 1-byte quota: {other:?}"),
     }
-    match upload(&mut c, "/empty", b"") {
+    match c.upload("/empty", b"") {
         Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
         other => panic!("an empty upload under a 1-byte quota: {other:?}"),
     }
@@ -253,7 +234,7 @@ fn empty_files_and_folders_are_not_free() {
     }
     assert!(made < 64, "{made} folders under a 256 KiB quota");
     for i in 0..200 {
-        if let Reply::Error { code, .. } = upload(&mut c, &format!("/e{i}"), b"") {
+        if let Reply::Error { code, .. } = c.upload(&format!("/e{i}"), b"") {
             assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded);
             break;
         }
@@ -287,16 +268,13 @@ fn a_limit_on_files_and_folders_holds_and_shows() {
         }
         other => panic!("a fourth entry under a limit of 3: {other:?}"),
     }
-    match upload(&mut c, "/g", b"y") {
+    match c.upload("/g", b"y") {
         Reply::Error { code, .. } => assert_eq!(code, ftpd::proto::ErrorCode::QuotaExceeded),
         other => panic!("a new file past the limit: {other:?}"),
     }
     // An upload's partial is an entry while it runs, even one that will
     // replace a file: at the limit, that is refused too.
-    assert!(matches!(
-        upload(&mut c, "/a/f", b"xyz"),
-        Reply::Error { .. }
-    ));
+    assert!(matches!(c.upload("/a/f", b"xyz"), Reply::Error { .. }));
     let q = site.quota();
     assert_eq!((q.files, q.max_files), (3, Some(3)), "{q:?}");
     let shown = site.server.ok("alice", PW, &["quota"]);

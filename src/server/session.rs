@@ -370,6 +370,18 @@ fn change_tree(
     Ok(None)
 }
 
+/// A command's change to the tree is done: hands back what was reserved
+/// for it and applies what it did.
+fn settle_change(
+    ctx: &mut Ctx,
+    user: &str,
+    (reserved, entries): (u64, u64),
+    result: Result<Change, FsError>,
+) -> Result<(), FsError> {
+    ctx.accounts.release_creation(user, reserved, entries);
+    result.map(|change| ctx.accounts.apply(user, change))
+}
+
 /// Reads a listing's next batch on a helper thread.
 fn list_next(listing: Box<Listing>) -> Job<JobResult> {
     Box::new(move || {
@@ -790,12 +802,8 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
             entries,
             result,
         } => {
-            ctx.accounts.release_creation(&user, reserved, entries);
-            match result {
-                Ok(change) => {
-                    ctx.accounts.apply(&user, change);
-                    ctx.send(tx, &Reply::Ok);
-                }
+            match settle_change(ctx, &user, (reserved, entries), result) {
+                Ok(()) => ctx.send(tx, &Reply::Ok),
                 Err(e) => ctx.send_error(tx, e.code, &e.message),
             }
             Phase::Ready
@@ -827,10 +835,8 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
             entries,
             result,
         } => {
-            ctx.accounts.release_creation(&user, reserved, entries);
-            if let Ok(change) = result {
-                ctx.accounts.apply(&user, change);
-            }
+            // Nobody to tell how it went.
+            let _ = settle_change(ctx, &user, (reserved, entries), result);
         }
         JobResult::UploadOpened(opening, opened) => transfer::orphan_opening(ctx, *opening, opened),
         JobResult::UploadPrefix(up, _) => {

@@ -269,36 +269,42 @@ fn still_needed(size: u64, written: u64) -> u64 {
         .saturating_add(PUBLISH_SLACK)
 }
 
+impl Opening {
+    /// Hands back what `put_start` reserved for opening.
+    fn release(&self, ctx: &mut Ctx) {
+        let entries = u64::from(self.reserved > 0);
+        ctx.accounts
+            .release_creation(&self.user, self.reserved, entries);
+    }
+
+    /// The upload, its partial open (with nothing reserved yet).
+    fn into_upload(self, opened: OpenedPartial, now: Instant) -> Upload {
+        Upload {
+            user: self.user,
+            path: self.path,
+            jail: self.jail,
+            file: opened.file,
+            _slot: self.slot,
+            size: self.size,
+            start: opened.existing,
+            written: opened.existing,
+            hasher: Hasher::new(),
+            reserved: 0,
+            began: now,
+        }
+    }
+}
+
 /// The partial was opened for a session that closed meanwhile.
 pub fn orphan_opening(ctx: &mut Ctx, opening: Opening, opened: Result<OpenedPartial, FsError>) {
-    let Opening {
-        user,
-        path,
-        jail,
-        slot,
-        size,
-        ..
-    } = opening;
-    ctx.accounts.release(&user, OPEN_SLACK);
+    opening.release(ctx);
     match opened {
         Ok(opened) => {
-            ctx.accounts.apply(&user, opened.change);
-            let up = Upload {
-                user,
-                path,
-                jail,
-                file: opened.file,
-                _slot: slot,
-                size,
-                start: opened.existing,
-                written: opened.existing,
-                hasher: Hasher::new(),
-                reserved: 0,
-                began: ctx.now,
-            };
+            ctx.accounts.apply(&opening.user, opened.change);
+            let up = opening.into_upload(opened, ctx.now);
             end_upload(ctx, up, UploadEnd::Keep, "connection closed");
         }
-        Err(_) => not_busy(ctx, &user, &path),
+        Err(_) => not_busy(ctx, &opening.user, &opening.path),
     }
 }
 
@@ -310,17 +316,13 @@ pub fn upload_opened(
     opening: Opening,
     opened: Result<OpenedPartial, FsError>,
 ) -> Phase {
-    let Opening {
-        user,
-        path,
-        jail,
-        slot,
-        size,
-        resume,
-        reserved,
-    } = opening;
-    ctx.accounts
-        .release_creation(&user, reserved, u64::from(reserved > 0));
+    opening.release(ctx);
+    let (user, path, size, resume) = (
+        opening.user.clone(),
+        opening.path.clone(),
+        opening.size,
+        opening.resume,
+    );
     let opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
@@ -349,7 +351,7 @@ pub fn upload_opened(
                 return Phase::Ready;
             }
             if e.code == ErrorCode::Unavailable {
-                drop(slot);
+                drop(opening);
                 let op = DeferredOp::Put {
                     path: path.to_string(),
                     size,
@@ -362,19 +364,7 @@ pub fn upload_opened(
     };
     ctx.accounts.apply(&user, opened.change);
     let need = still_needed(size, opened.existing);
-    let mut up = Box::new(Upload {
-        user,
-        path,
-        jail,
-        file: opened.file,
-        _slot: slot,
-        size,
-        start: opened.existing,
-        written: opened.existing,
-        hasher: Hasher::new(),
-        reserved: 0,
-        began: ctx.now,
-    });
+    let mut up = Box::new(opening.into_upload(opened, ctx.now));
     if let Err((code, message)) = ctx.accounts.reserve(&up.user, need) {
         log!(
             Info,

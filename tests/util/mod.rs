@@ -432,6 +432,26 @@ impl Raw {
         (reply, challenge, proof)
     }
 
+    /// Uploads `bytes` to `path` from scratch (no resume), in chunks;
+    /// returns the final reply (`PutDone`, or the error that ended it).
+    pub fn upload(&mut self, path: &str, bytes: &[u8]) -> Reply<'static> {
+        match self.call(&Request::PutStart {
+            path: path.into(),
+            size: bytes.len() as u64,
+            resume: false,
+        }) {
+            Reply::PutReady { .. } => {}
+            other => return other,
+        }
+        self.send(&Request::PutFrom { offset: 0 });
+        for chunk in bytes.chunks(ftpd::proto::CHUNK_SIZE) {
+            self.send(&Request::Chunk(chunk));
+        }
+        self.call(&Request::PutEnd {
+            crc32: crc32fast::hash(bytes),
+        })
+    }
+
     /// Sends a request and returns its single reply.
     pub fn call(&mut self, req: &Request) -> Reply<'static> {
         self.send(req);
