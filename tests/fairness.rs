@@ -67,3 +67,46 @@ fn a_flood_of_tiny_requests_does_not_stall_another_user() {
     // seconds (the whole pipeline ahead of it).
     assert!(worst < Duration::from_secs(2), "a ping took {worst:?}");
 }
+
+/// A user added while the server runs has their home counted on a helper
+/// thread: the reactor serves others meanwhile, and the new user's login
+/// says to try again in a moment instead of waiting for the count.
+#[test]
+fn a_new_users_home_is_counted_off_the_reactor() {
+    const FILES: usize = 200_000;
+    let data = DataDir::new();
+    data.add_user("other", "pw", None);
+    let server = TestServer::start(&data, &[]);
+    let mut other = logged_in(&server, "other");
+    // A big home, made before the user exists for the server.
+    let home = data.home("carol");
+    std::fs::create_dir_all(&home).unwrap();
+    for i in 0..FILES {
+        std::fs::File::create(home.join(format!("{i}"))).unwrap();
+    }
+    data.add_user("carol", "pw", None);
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    server
+        .wait_log("SIGHUP: reloading the user file", Duration::from_secs(10))
+        .expect("SIGHUP handled");
+    // Served while carol's home is still being counted...
+    assert!(matches!(other.call(&Request::Ping), Reply::Pong));
+    let mut carol = Raw::connect(server.addr);
+    carol.hello();
+    match carol.login("carol", "pw") {
+        Reply::Error { message, .. } => assert!(message.contains("being prepared"), "{message}"),
+        other => panic!("logged in before the home of {FILES} files was counted: {other:?}"),
+    }
+    // ...and carol gets in once it is.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut carol = Raw::connect(server.addr);
+        carol.hello();
+        if matches!(carol.login("carol", "pw"), Reply::LoginOk { .. }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "carol never got in");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
