@@ -134,5 +134,8 @@ impl Drop for Harness {
     fn drop(&mut self) {
         session::closed(&mut self.st, &mut self.ctx);
         self.finish_server_jobs();
+        // Joined, so a fuzzing run's leak check never sees a helper thread
+        // still on its way out.
+        self.ctx.worker.shutdown();
     }
 }
