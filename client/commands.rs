@@ -19,8 +19,16 @@ use crate::transfer;
 pub enum Command {
     /// Show the server's version and the round-trip time (no login needed).
     Ping,
-    /// List a directory (default: the current one).
-    Ls { path: Option<String> },
+    /// List a directory (default: the current one), sorted by name.
+    #[command(disable_help_flag = true)]
+    Ls {
+        path: Option<String>,
+        #[command(flatten)]
+        order: display::ListOptions,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
     /// Create a directory.
     Mkdir { path: String },
     /// Remove an empty directory.
@@ -60,7 +68,7 @@ pub enum Command {
 pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
     match cmd {
         Command::Ping => ping(conn),
-        Command::Ls { path } => ls(conn, path.as_deref().unwrap_or("")),
+        Command::Ls { path, order, .. } => ls(conn, path.as_deref().unwrap_or(""), order),
         Command::Mkdir { path } => Ok(conn.call_ok(&Request::Mkdir { path: path.clone() })?),
         Command::Rmdir { path } => Ok(conn.call_ok(&Request::Rmdir { path: path.clone() })?),
         Command::Rm { path } => Ok(conn.call_ok(&Request::Remove { path: path.clone() })?),
@@ -112,7 +120,7 @@ fn ping(conn: &mut Conn) -> anyhow::Result<()> {
 }
 
 /// Lists `path`, or shows a single entry when `path` is a file.
-fn ls(conn: &mut Conn, path: &str) -> anyhow::Result<()> {
+fn ls(conn: &mut Conn, path: &str, options: &display::ListOptions) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     conn.send(&Request::List { path: path.into() })?;
     let mut pace = conn.pace(Awaiting::Listing);
@@ -142,8 +150,8 @@ fn ls(conn: &mut Conn, path: &str) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    print_lines(display::listing_lines(&entries))?;
+    display::sort_entries(&mut entries, options);
+    print_lines(display::listing_lines(&entries, options.human))?;
     if truncated {
         eprintln!(
             "(the server truncated this listing: {} of {total} entries shown)",

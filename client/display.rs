@@ -53,19 +53,78 @@ fn kind_word(kind: EntryKind) -> &'static str {
     }
 }
 
-/// Formats a listing, one line per entry: type, size, time, name; sizes are
-/// right-aligned to the widest one.
-pub fn listing_lines(entries: &[Entry]) -> impl Iterator<Item = String> + '_ {
-    let width = entries
-        .iter()
-        .map(|e| e.size.to_string().len())
-        .max()
-        .unwrap_or(1);
+/// How `ls` orders and shows a listing (`ls -h -t -S -r`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListOptions {
+    /// Sizes for people: 1.5K, 23M, 4.0G.
+    #[arg(short = 'h', long)]
+    pub human: bool,
+    /// Newest first.
+    #[arg(short = 't', overrides_with = "by_size")]
+    pub by_time: bool,
+    /// Largest first.
+    #[arg(short = 'S', overrides_with = "by_time")]
+    pub by_size: bool,
+    /// Reverse the order.
+    #[arg(short = 'r', long)]
+    pub reverse: bool,
+}
+
+/// Sorts a listing: by name (byte order) unless `-t` or `-S`, which break
+/// ties by name; `-r` reverses the whole order.
+pub fn sort_entries(entries: &mut [Entry], options: &ListOptions) {
+    entries.sort_unstable_by(|a, b| {
+        let key = if options.by_time {
+            b.mtime.cmp(&a.mtime)
+        } else if options.by_size {
+            b.size.cmp(&a.size)
+        } else {
+            std::cmp::Ordering::Equal
+        };
+        key.then_with(|| a.name.cmp(&b.name))
+    });
+    if options.reverse {
+        entries.reverse();
+    }
+}
+
+/// A size as `ls -lh` shows it: bytes below 1 KiB, else one decimal below
+/// ten units and whole units above, always rounded up (binary units).
+pub fn human_size(bytes: u64) -> String {
+    if bytes < 1024 {
+        return bytes.to_string();
+    }
+    let bytes = u128::from(bytes);
+    for (i, unit) in ['K', 'M', 'G', 'T', 'P', 'E'].into_iter().enumerate() {
+        let scale = 1u128 << (10 * (i + 1));
+        let tenths = (bytes * 10).div_ceil(scale);
+        if tenths < 100 {
+            return format!("{}.{}{unit}", tenths / 10, tenths % 10);
+        }
+        let whole = bytes.div_ceil(scale);
+        if whole < 1024 || unit == 'E' {
+            return format!("{whole}{unit}");
+        }
+    }
+    unreachable!("every u64 fits in exbibytes")
+}
+
+/// Formats a listing, one line per entry: type, size (in bytes, or for
+/// people with `human`), time, name; sizes are right-aligned.
+pub fn listing_lines(entries: &[Entry], human: bool) -> impl Iterator<Item = String> + '_ {
+    let size = move |e: &Entry| {
+        if human {
+            human_size(e.size)
+        } else {
+            e.size.to_string()
+        }
+    };
+    let width = entries.iter().map(|e| size(e).len()).max().unwrap_or(1);
     entries.iter().map(move |e| {
         format!(
             "{} {:>width$} {} {}",
             kind_char(e.kind),
-            e.size,
+            size(e),
             format_time(e.mtime, false),
             sanitize(&e.name)
         )
@@ -183,7 +242,7 @@ mod tests {
                 mtime: 0,
             },
         ];
-        let lines: Vec<_> = listing_lines(&entries).collect();
+        let lines: Vec<_> = listing_lines(&entries, false).collect();
         assert_eq!(
             lines,
             [
@@ -192,6 +251,51 @@ mod tests {
                 "l   12 1970-01-01 00:00 link",
             ]
         );
+    }
+
+    #[test]
+    fn human_sizes_round_up_like_ls() {
+        assert_eq!(human_size(0), "0");
+        assert_eq!(human_size(1023), "1023");
+        assert_eq!(human_size(1024), "1.0K");
+        assert_eq!(human_size(1025), "1.1K");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(10 * 1024 - 1), "10K");
+        assert_eq!(human_size(23 << 20), "23M");
+        assert_eq!(human_size(4 << 30), "4.0G");
+        assert_eq!(human_size((1 << 20) - 1), "1.0M");
+        assert_eq!(human_size(u64::MAX), "16E");
+    }
+
+    #[test]
+    fn listings_sort_by_name_time_or_size() {
+        let e = |name: &str, size, mtime| Entry {
+            name: name.into(),
+            kind: EntryKind::File,
+            size,
+            mtime,
+        };
+        let names = |o: ListOptions| {
+            let mut v = [e("b", 5, 30), e("a", 9, 10), e("c", 5, 20)];
+            sort_entries(&mut v, &o);
+            v.iter().map(|e| e.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(ListOptions::default()), ["a", "b", "c"]);
+        let by_time = ListOptions {
+            by_time: true,
+            ..Default::default()
+        };
+        assert_eq!(names(by_time.clone()), ["b", "c", "a"]);
+        let by_size = ListOptions {
+            by_size: true,
+            ..Default::default()
+        };
+        assert_eq!(names(by_size.clone()), ["a", "b", "c"]);
+        let reverse = ListOptions {
+            reverse: true,
+            ..by_size
+        };
+        assert_eq!(names(reverse), ["c", "b", "a"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod util;
 
 mod admin;
+mod client_output;
 mod fairness;
 mod faults;
 mod files;
