@@ -46,6 +46,10 @@ pub enum Failure {
     /// `ftpc`'s own side failed outside any file (no randomness, ...).
     #[error("{0}")]
     Local(String),
+    /// Some files of a tree job failed; `code` is the most serious
+    /// failure's (see `tree_report::SEVERITY`). The files were listed.
+    #[error("{failed} {} failed", if *failed == 1 { "file" } else { "files" })]
+    Tree { failed: u64, code: u8 },
     /// Some lines of a shell script failed; `code` is the last failure's.
     #[error("{failed} of {total} commands failed")]
     Script {
@@ -83,7 +87,7 @@ impl Failure {
             Failure::Refused { code, .. } => code_exit(*code),
             Failure::Integrity(_) => exit::INTEGRITY,
             Failure::Local(_) => exit::OTHER,
-            Failure::Script { code, .. } => *code,
+            Failure::Script { code, .. } | Failure::Tree { code, .. } => *code,
         }
     }
 

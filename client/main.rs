@@ -33,6 +33,9 @@ mod pace;
 mod progress;
 mod shell;
 mod transfer;
+// Used by get -r (next commits) and put -r (another branch).
+#[allow(dead_code)]
+mod tree_report;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
