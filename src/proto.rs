@@ -29,20 +29,33 @@
 //!                            ◄──   Cwd | Entry | Ok | Quota | Pong | Error
 //!  List{path}                ──►
 //!                            ◄──   Entries(..)* ListEnd{total,truncated} | Error
-//!  PutStart{path,size,resume}
-//!                            ◄──   PutReady{offset,prefix_crc} | Error
+//!  PutStart{path,size,resume,mtime,crc32}
+//!                            ◄──   PutReady{offset,prefix_crc} | Unchanged | Error
 //!  PutFrom{offset}           ──►   (offset is 0 or the offered offset)
 //!  Chunk(bytes)*             ──►   (exactly size - offset bytes in all)
 //!  PutEnd{crc32}             ──►   (CRC32 of the whole file)
 //!                            ◄──   PutDone{size,crc32} | Error
 //!
-//! An upload that fails part-way (disk full, more bytes than announced) is
-//! answered with `Error` at once; the server then discards the rest of the
-//! upload's chunks up to `PutEnd`, so the session stays usable.
+//!  PutSmall{path,mtime,crc32,data}* ──►  (a window of whole small files,
+//!                                          sent without waiting)
+//!                            ◄──   (PutDone{size,crc32} | Unchanged | Error)*  one each, in order
 //!  GetStart{path,offset,prefix_crc}
 //!                            ◄──   GetReady{size,offset} Chunk(bytes)* GetDone{crc32} | Error
 //!  Bye                       ──►   (server closes)
 //! ```
+//!
+//! An upload that fails part-way (disk full, more bytes than announced) is
+//! answered with `Error` at once; the server then discards the rest of the
+//! upload's chunks up to `PutEnd`, so the session stays usable.
+//!
+//! `PutSmall` frames are the one exception to "one request, then its
+//! reply": the server takes them in while earlier ones are still being
+//! stored, in batches of at most [`SMALL_BATCH_FILES`] files and
+//! [`SMALL_BATCH_BYTES`] bytes, one batch stored while the next fills.
+//! Any other request that follows waits (unread) until every earlier
+//! `PutSmall` has been answered, so replies always come in request order.
+//! Each answer means what `PutDone` means for a streamed upload: the file
+//! was verified, synced and published (or was already there, `Unchanged`).
 //!
 //! Every request gets exactly one reply (a listing and a download are one
 //! reply streamed as several frames). A request the session's state does not
@@ -67,7 +80,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Sent first by every client ("FTPD" in ASCII), so that a stray client of
 /// another protocol is told apart from a client of another version.
@@ -84,6 +97,27 @@ pub const MAX_FRAME: usize = CHUNK_SIZE + 1024;
 /// per-frame overhead; 128 KiB matches what the kernel moves per loopback
 /// write without splitting.
 pub const CHUNK_SIZE: usize = 128 * 1024;
+
+/// Largest file sent whole in one `PutSmall` frame: a chunk less room
+/// for the longest path, so the frame stays within [`MAX_FRAME`].
+pub const SMALL_FILE_MAX: usize = CHUNK_SIZE - MAX_PATH_LEN;
+
+/// Small files a client keeps in flight on one connection (sent, not yet
+/// answered). The server holds at most two batches of
+/// [`SMALL_BATCH_FILES`] per connection, so this many are always taken in
+/// without waiting for the client to read a reply.
+pub const SMALL_FILES_IN_FLIGHT: usize = 2 * SMALL_BATCH_FILES;
+
+/// Bytes of small-file data a client keeps in flight (see above).
+pub const SMALL_BYTES_IN_FLIGHT: usize = 2 * SMALL_BATCH_BYTES;
+
+/// Most small files the server makes durable in one batch: one helper
+/// job writes them, syncs them and each folder once, then publishes them.
+pub const SMALL_BATCH_FILES: usize = 64;
+
+/// Most bytes of small-file data in one batch. With one batch being
+/// stored and one filling, a connection holds at most twice this.
+pub const SMALL_BATCH_BYTES: usize = 256 * 1024;
 
 /// Longest user name a client may send.
 pub const MAX_USER_LEN: usize = 32;
@@ -146,10 +180,17 @@ pub enum Request<'a> {
     Quota,
     /// Announce an upload of `size` bytes. With `resume`, the server offers
     /// to continue an unfinished upload to the same path.
+    ///
+    /// `mtime` (nanoseconds since the Unix epoch) becomes the published
+    /// file's modification time. With `crc32` (of the whole local file),
+    /// a target that already has `size` bytes with that CRC32 is answered
+    /// [`Reply::Unchanged`] and nothing is sent.
     PutStart {
         path: String,
         size: u64,
         resume: bool,
+        mtime: Option<i64>,
+        crc32: Option<u32>,
     },
     /// Start sending at `offset`: 0, or the offset offered by `PutReady`.
     PutFrom { offset: u64 },
@@ -166,6 +207,21 @@ pub enum Request<'a> {
     },
     /// End of session.
     Bye,
+    /// A whole small file (at most [`SMALL_FILE_MAX`] bytes) in one frame:
+    /// no `PutReady` round trip. The client may send several before the
+    /// first answer (see [`SMALL_FILES_IN_FLIGHT`]); the server stores them
+    /// in batches, makes each batch durable together, and answers each in
+    /// order with `PutDone`, `Unchanged` (the target already has these
+    /// bytes) or `Error`.
+    PutSmall {
+        path: String,
+        /// Nanoseconds since the Unix epoch.
+        mtime: Option<i64>,
+        /// CRC32 of `data`, as the client read the file.
+        crc32: u32,
+        #[serde(with = "serde_bytes", borrow)]
+        data: &'a [u8],
+    },
 }
 
 /// A message from server to client.
@@ -217,6 +273,9 @@ pub enum Reply<'a> {
     Chunk(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
     /// Download complete; CRC32 of the whole file.
     GetDone { crc32: u32 },
+    /// Answer to `PutStart` or `PutSmall` with a CRC32: the target already
+    /// holds exactly these bytes, so nothing was stored.
+    Unchanged,
 }
 
 /// Why a request failed, in terms a client can turn into a message and an

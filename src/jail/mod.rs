@@ -29,6 +29,7 @@ mod change;
 mod error;
 mod listing;
 mod partial;
+pub mod stamp;
 mod vpath;
 
 #[cfg(test)]
@@ -283,6 +284,29 @@ impl Jail {
         // swapped in meanwhile can be opened instead.
         let fd = reopen_for_reading(&path_fd).map_err(err)?;
         Ok((File::from(fd), regular_size(&st), FileId::of(&st)))
+    }
+
+    /// Whether `p` is a regular file of `size` bytes with CRC32 `crc`
+    /// (from its stamp, or read and stamped afresh), for small files. If
+    /// so and `mtime` differs from its modification time, that is set (and
+    /// the stamp renewed), as a fresh upload would have done.
+    pub fn holds_small_file(&self, p: &VPath, size: u64, crc: u32, mtime: Option<i64>) -> bool {
+        let Ok((file, len, _)) = self.open_read(p) else {
+            return false;
+        };
+        let Ok(st) = rustix::fs::fstat(&file) else {
+            return false;
+        };
+        if len != size || !stamp::crc_of_small(&file, &st).is_ok_and(|c| c == crc) {
+            return false;
+        }
+        if let Some(ns) = mtime
+            && ns != stamp::mtime_ns(&st)
+            && stamp::set_mtime(&file, ns).is_ok()
+        {
+            stamp::write_stamp(&file, crc);
+        }
+        true
     }
 
     /// Opens `p` below the home with [`RESOLVE`].

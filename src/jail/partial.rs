@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -188,6 +189,21 @@ impl Jail {
     /// symlink (`PermissionDenied`); a symlink *at* `target` is replaced
     /// itself, which is safe. On any refusal the partial stays as it was.
     pub fn publish_partial(&self, target: &VPath) -> Result<Published, PublishError> {
+        let (change, dir) = self.publish_partial_unsynced(target)?;
+        Ok(Published {
+            change,
+            synced: rustix::fs::fsync(&dir).map_err(|e| FsError::from_errno(e, target)),
+        })
+    }
+
+    /// Like [`Jail::publish_partial`], but hands back the target's folder
+    /// (readable) instead of syncing it, so that a batch of files in one
+    /// folder costs one folder sync. The new name survives a crash only
+    /// once the caller has synced that folder.
+    pub fn publish_partial_unsynced(
+        &self,
+        target: &VPath,
+    ) -> Result<(Change, OwnedFd), PublishError> {
         let Some(target_name) = target.file_name() else {
             let e = FsError::new(ErrorCode::IsADirectory, "is a directory: /");
             return Err(PublishError(e));
@@ -231,10 +247,48 @@ impl Jail {
         })?;
         let change = replaced.and_folders(watch);
         drop(tree);
-        Ok(Published {
-            change,
-            synced: rustix::fs::fsync(&dir).map_err(|e| FsError::from_errno(e, target)),
-        })
+        Ok((change, dir))
+    }
+
+    /// Stores a whole small file in the partial for `target`: opens it
+    /// (emptied), writes `data`, sets the modification time and remembers
+    /// the CRC32 ([`super::stamp`]). Not synced: the caller syncs a batch
+    /// of these together. On failure the partial is removed; the error
+    /// comes with what the attempt did to the home's cost.
+    pub fn write_partial(
+        &self,
+        target: &VPath,
+        data: &[u8],
+        mtime: Option<i64>,
+        crc: u32,
+    ) -> Result<(File, Change), (FsError, Change)> {
+        let opened = self
+            .open_partial(target, None)
+            .map_err(|e| (e, Change::default()))?;
+        let len = data.len() as u64;
+        let grown = usage::file_charge(len) - usage::file_charge(0);
+        let change = opened.change.and(Change::new(signed(grown), 0));
+        let written = opened
+            .file
+            .write_all_at(data, 0)
+            .and_then(|()| mtime.map_or(Ok(()), |ns| super::stamp::set_mtime(&opened.file, ns)));
+        match written {
+            Ok(()) => {
+                super::stamp::write_stamp(&opened.file, crc);
+                Ok((opened.file, change))
+            }
+            Err(e) => {
+                let err = FsError::from_io(&e, target);
+                // What really landed is what the removal frees.
+                let landed = opened.file.metadata().map_or(0, |m| m.len());
+                let change = opened
+                    .change
+                    .and(Change::new(signed(usage::file_charge(landed) - usage::file_charge(0)), 0));
+                drop(opened.file);
+                let removed = self.remove_partial(target).unwrap_or_default();
+                Err((err, change.and(removed)))
+            }
+        }
     }
 
     /// Deletes partials whose mtime is at least `max_age` old, except those

@@ -139,6 +139,8 @@ fn handle_frames(
             None => frame::decode::<Request>(src.data()).map_err(|e| e.to_string()),
         };
         match decoded {
+            // Left unread until the session can take it (see `accepts`).
+            Ok(Some((req, _))) if !session::accepts(&st.phase, &req) => break,
             Ok(Some((req, n))) => {
                 session::handle(st, tx, ctx, req);
                 src.consume(n);

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod addr;
+mod batch;
 mod conn;
 mod fds;
 pub mod guard;

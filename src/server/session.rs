@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::Config;
 use super::SERVER_JOB;
 use super::accounts::Accounts;
+use super::batch::{self, Batches};
 use super::accounts::OpenedHome;
 use super::accounts::open_home;
 use super::fds::FdBudget;
@@ -139,6 +140,9 @@ pub enum Phase {
     Discarding,
     /// Streaming a download.
     Sending(Box<Download>),
+    /// Small files (`PutSmall`) are being stored in batches; only more of
+    /// them are read until every one is answered.
+    Batch(Box<Batches>),
     /// The last reply is queued; close once it is out and the peer hangs up.
     Closing { until: Instant },
     /// The client said goodbye: close as soon as the replies are out.
@@ -163,6 +167,8 @@ pub enum DeferredOp {
         path: String,
         size: u64,
         resume: bool,
+        mtime: Option<i64>,
+        crc32: Option<u32>,
     },
     Get {
         path: String,
@@ -232,7 +238,7 @@ impl Phase {
     pub fn is_transfer(&self) -> bool {
         matches!(
             self,
-            Phase::Receiving(_) | Phase::Sending(_) | Phase::Discarding
+            Phase::Receiving(_) | Phase::Sending(_) | Phase::Discarding | Phase::Batch(_)
         )
     }
 }
@@ -277,7 +283,11 @@ impl State {
             Phase::Done => self.active + LINGER,
             Phase::Deferred(d) => d.until,
             Phase::Ready | Phase::Listing(_) | Phase::Waiting => self.active + cfg.idle_timeout,
-            Phase::PutOffered(_) | Phase::Receiving(_) | Phase::Discarding | Phase::Sending(_) => {
+            Phase::PutOffered(_)
+            | Phase::Receiving(_)
+            | Phase::Discarding
+            | Phase::Sending(_)
+            | Phase::Batch(_) => {
                 self.active + cfg.stall_timeout
             }
         }
@@ -306,6 +316,14 @@ pub enum JobResult {
     UploadRestarted(Box<Upload>, Result<Change, FsError>, Restarted),
     Published(Box<Upload>, Publish),
     DownloadPrefix(Box<Download>, std::io::Result<u32>),
+    /// An upload's target was compared with the client's CRC32: whether
+    /// it already holds the same bytes.
+    TargetChecked(Box<Opening>, bool),
+    /// A batch of small files was stored.
+    SmallStored {
+        user: String,
+        results: Vec<batch::Stored>,
+    },
     /// A bad or empty partial was deleted (a server job).
     PartialRemoved {
         user: String,
@@ -428,6 +446,15 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
         (Phase::Challenged(ch), Request::LoginProof { proof }) => {
             login_proof(st, tx, ctx, *ch, &proof)
         }
+        (
+            phase @ (Phase::Ready | Phase::Batch(_)),
+            Request::PutSmall {
+                path,
+                mtime,
+                crc32,
+                data,
+            },
+        ) => batch::put_small(st, ctx, phase, &path, mtime, crc32, data),
         (Phase::Ready, req) => command(st, tx, ctx, req),
         (Phase::PutOffered(up), Request::PutFrom { offset }) => {
             transfer::put_from(st, tx, ctx, up, offset)
@@ -458,6 +485,18 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
     };
 }
 
+/// Whether `req` may be handled now, or must wait unread: while small
+/// files are being stored, only more of them (while the filling batch has
+/// room) and `Bye` are taken, so replies keep the order of requests.
+pub fn accepts(phase: &Phase, req: &Request) -> bool {
+    match (phase, req) {
+        (Phase::Batch(_), Request::Bye) => true,
+        (Phase::Batch(b), Request::PutSmall { data, .. }) => b.has_room(data.len()),
+        (Phase::Batch(_), _) => false,
+        _ => true,
+    }
+}
+
 /// A short name of a request for messages (never its payload).
 fn request_name(req: &Request) -> &'static str {
     match req {
@@ -480,6 +519,7 @@ fn request_name(req: &Request) -> &'static str {
         Request::PutEnd { .. } => "PutEnd",
         Request::GetStart { .. } => "GetStart",
         Request::Bye => "Bye",
+        Request::PutSmall { .. } => "PutSmall",
     }
 }
 
@@ -695,8 +735,20 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
                 .submit(Lane::Read, &login.user, key, generation, Box::new(job));
             None
         }),
-        Request::PutStart { path, size, resume } => {
-            return transfer::put_start(st, tx, ctx, &path, size, resume, None);
+        Request::PutStart {
+            path,
+            size,
+            resume,
+            mtime,
+            crc32,
+        } => {
+            let put = transfer::PutArgs {
+                size,
+                resume,
+                mtime,
+                crc32,
+            };
+            return transfer::put_start(st, tx, ctx, &path, put, None);
         }
         Request::GetStart {
             path,
@@ -764,12 +816,26 @@ pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> u
             0
         }
         Phase::Sending(_) => transfer::pump_download(st, tx, ctx),
+        Phase::Batch(_) => {
+            batch::pump(st, tx, ctx, tx_high);
+            0
+        }
         _ => 0,
     }
 }
 
 /// A disk job finished for this session.
 pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResult) {
+    if let JobResult::SmallStored { user, results } = result {
+        st.phase = match std::mem::replace(&mut st.phase, Phase::Waiting) {
+            Phase::Batch(b) if b.storing() => batch::stored(st, tx, ctx, b, results),
+            other => {
+                batch::orphan_stored(ctx, &user, results);
+                other
+            }
+        };
+        return;
+    }
     if !matches!(st.phase, Phase::Waiting) {
         // Cannot happen: only Waiting sessions have jobs out. Clean up anyway.
         orphaned(ctx, result);
@@ -817,6 +883,9 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         }
         JobResult::Published(up, outcome) => transfer::published(st, tx, ctx, up, outcome),
         JobResult::DownloadPrefix(down, crc) => transfer::begin_download(st, tx, ctx, down, crc),
+        JobResult::TargetChecked(opening, unchanged) => {
+            transfer::target_checked(st, tx, ctx, *opening, unchanged)
+        }
         other => {
             orphaned(ctx, other);
             Phase::Waiting
@@ -850,6 +919,8 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
         }
         JobResult::Published(up, outcome) => transfer::settle_published(ctx, *up, outcome),
         JobResult::DownloadPrefix(down, _) => transfer::release_download(ctx, *down),
+        JobResult::TargetChecked(opening, _) => transfer::orphan_check(ctx, *opening),
+        JobResult::SmallStored { user, results } => batch::orphan_stored(ctx, &user, results),
         JobResult::PartialRemoved { user, path, result } => {
             transfer::partial_removed(ctx, &user, &path, result);
         }
@@ -892,7 +963,17 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
                     ref path,
                     size,
                     resume,
-                } => transfer::put_start(st, tx, ctx, path, size, resume, Some(&d)),
+                    mtime,
+                    crc32,
+                } => {
+                    let put = transfer::PutArgs {
+                        size,
+                        resume,
+                        mtime,
+                        crc32,
+                    };
+                    transfer::put_start(st, tx, ctx, path, put, Some(&d))
+                }
                 DeferredOp::Get {
                     ref path,
                     offset,
@@ -909,6 +990,11 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
             // A disk job is slow; keep waiting, the job's result resumes us.
             st.active = ctx.now;
             st.phase = Phase::Waiting;
+        }
+        Phase::Batch(b) if b.storing() => {
+            // Likewise: the stored batch's result resumes us.
+            st.active = ctx.now;
+            st.phase = Phase::Batch(b);
         }
         phase @ (Phase::Ready | Phase::Listing(_)) => {
             st.phase = phase;
@@ -956,6 +1042,10 @@ pub fn abandon(st: &mut State, ctx: &mut Ctx) {
             transfer::end_upload(ctx, *up, UploadEnd::Keep, "abandoned");
         }
         Phase::Sending(down) => transfer::end_download(st, ctx, *down, "abandoned"),
+        Phase::Batch(b) => {
+            let user = st.user().to_owned();
+            batch::abandon(ctx, &user, b);
+        }
         other => st.phase = other,
     }
 }

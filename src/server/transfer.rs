@@ -33,7 +33,9 @@ use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, 
 use super::worker::{Job, Lane, Step};
 use crate::buf::Buffer;
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
-use crate::jail::{Change, FileId, FsError, Jail, OpenedPartial, PublishError, Published, VPath};
+use crate::jail::{
+    Change, FileId, FsError, Jail, OpenedPartial, PublishError, Published, VPath, stamp,
+};
 use crate::log;
 use crate::proto::{CHUNK_SIZE, ErrorCode, REPLY_CHUNK_TAG, Reply};
 use crate::size::format_size;
@@ -41,7 +43,7 @@ use crate::usage::{self, BLOCK};
 
 /// Reserved while a partial is opened: its first block, and a block each
 /// for the folders that may grow to hold it.
-const OPEN_SLACK: u64 = 3 * BLOCK;
+pub(super) const OPEN_SLACK: u64 = 3 * BLOCK;
 
 /// Reserved beyond the file's own cost: the target folder may grow a block
 /// to hold the new name.
@@ -55,8 +57,21 @@ pub struct Opening {
     slot: FileSlot,
     size: u64,
     resume: bool,
+    mtime: Option<i64>,
     /// What `put_start` reserved (0 if a new file would not fit).
     reserved: u64,
+}
+
+/// What a `PutStart` asks for, besides the path.
+#[derive(Debug, Clone, Copy)]
+pub struct PutArgs {
+    pub size: u64,
+    pub resume: bool,
+    /// The modification time to give the file (ns since the epoch).
+    pub mtime: Option<i64>,
+    /// The client's CRC32 of the whole file: an identical target is
+    /// answered `Unchanged`.
+    pub crc32: Option<u32>,
 }
 
 impl Upload {
@@ -82,6 +97,8 @@ pub struct Upload {
     hasher: Hasher,
     /// Bytes reserved and not used yet.
     reserved: u64,
+    /// The modification time to give the file (ns since the epoch).
+    mtime: Option<i64>,
     began: Instant,
 }
 
@@ -164,10 +181,15 @@ pub fn put_start(
     tx: &mut Buffer,
     ctx: &mut Ctx,
     path: &str,
-    size: u64,
-    resume: bool,
+    put: PutArgs,
     deferred: Option<&Deferred>,
 ) -> Phase {
+    let PutArgs {
+        size,
+        resume,
+        mtime,
+        crc32,
+    } = put;
     let Some(login) = st.login.as_ref() else {
         return Phase::Ready;
     };
@@ -198,6 +220,8 @@ pub fn put_start(
             path: path.to_string(),
             size,
             resume,
+            mtime,
+            crc32,
         };
         return defer(st, tx, ctx, op, deferred);
     };
@@ -207,7 +231,8 @@ pub fn put_start(
     let full = still_needed(size, 0).saturating_add(OPEN_SLACK);
     let reserved = match ctx.accounts.reserve_creation(&user, full, 1) {
         Ok(()) => full,
-        Err((code, message)) if !resume => {
+        // An identical file needs no room (`Unchanged`): the check decides.
+        Err((code, message)) if !resume && crc32.is_none() => {
             log!(
                 Info,
                 "{} {} put {}: {message}",
@@ -230,8 +255,22 @@ pub fn put_start(
         slot,
         size,
         resume,
+        mtime,
         reserved,
     };
+    if let Some(want) = crc32 {
+        let user = opening.user.clone();
+        let job = check_target_crc(opening, want);
+        ctx.worker
+            .submit(Lane::Read, &user, st.key, st.generation, job);
+        return Phase::Waiting;
+    }
+    open_upload(st, ctx, opening)
+}
+
+/// Opens an upload's partial on a helper thread.
+fn open_upload(st: &State, ctx: &mut Ctx, opening: Opening) -> Phase {
+    let user = opening.user.clone();
     let job = move || {
         let opened = check_target(&opening.jail, &opening.path).and_then(|()| {
             if opening.reserved == 0 && opening.jail.partial_len(&opening.path)?.is_none() {
@@ -247,8 +286,106 @@ pub fn put_start(
     Phase::Waiting
 }
 
+/// A target being compared with the client's CRC32.
+struct TargetCheck {
+    opening: Opening,
+    file: File,
+    /// The target's state when the hashing began.
+    before: rustix::fs::Stat,
+    want: u32,
+}
+
+/// Whether the target already holds a file of the upload's size with CRC32
+/// `want`: from its stamp, or by hashing it in slices (and stamping it).
+fn check_target_crc(opening: Opening, want: u32) -> Job<JobResult> {
+    Box::new(move || {
+        let opened = opening.jail.open_read(&opening.path);
+        let Ok((file, len, _)) = opened.as_ref().map(|(f, l, i)| (f, *l, i)) else {
+            return Step::Done(JobResult::TargetChecked(Box::new(opening), false));
+        };
+        let Ok(before) = rustix::fs::fstat(file) else {
+            return Step::Done(JobResult::TargetChecked(Box::new(opening), false));
+        };
+        if len != opening.size {
+            return Step::Done(JobResult::TargetChecked(Box::new(opening), false));
+        }
+        if let Some(crc) = stamp::read_stamp(file, &before) {
+            let same = crc == want;
+            if same {
+                renew_mtime(file, opening.mtime, crc);
+            }
+            return Step::Done(JobResult::TargetChecked(Box::new(opening), same));
+        }
+        let Ok((file, _, _)) = opened else {
+            return Step::Done(JobResult::TargetChecked(Box::new(opening), false));
+        };
+        let check = Box::new(TargetCheck {
+            opening,
+            file,
+            before,
+            want,
+        });
+        hash_prefix(check, |c| &c.file, Hasher::new(), 0, len, target_hashed)()
+    })
+}
+
+fn target_hashed(check: Box<TargetCheck>, crc: io::Result<u32>) -> JobResult {
+    let TargetCheck {
+        opening,
+        file,
+        before,
+        want,
+    } = *check;
+    let same = match crc {
+        Ok(crc) => {
+            stamp::write_stamp_if_unchanged(&file, crc, &before);
+            if crc == want {
+                renew_mtime(&file, opening.mtime, crc);
+            }
+            crc == want
+        }
+        Err(_) => false,
+    };
+    JobResult::TargetChecked(Box::new(opening), same)
+}
+
+/// An identical target gets the client's modification time, as a fresh
+/// upload would have.
+fn renew_mtime(file: &File, mtime: Option<i64>, crc: u32) {
+    let Some(ns) = mtime else {
+        return;
+    };
+    let current = rustix::fs::fstat(file).map(|st| stamp::mtime_ns(&st));
+    if current.is_ok_and(|c| c != ns) && stamp::set_mtime(file, ns).is_ok() {
+        stamp::write_stamp(file, crc);
+    }
+}
+
+/// The target was compared: answer `Unchanged`, or go on with the upload.
+pub fn target_checked(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    opening: Opening,
+    unchanged: bool,
+) -> Phase {
+    if !unchanged {
+        return open_upload(st, ctx, opening);
+    }
+    orphan_check(ctx, opening);
+    ctx.send(tx, &Reply::Unchanged);
+    Phase::Ready
+}
+
+/// A compared target whose upload will not go on: hand back what was
+/// reserved and free the path.
+pub fn orphan_check(ctx: &mut Ctx, opening: Opening) {
+    opening.release(ctx);
+    not_busy(ctx, &opening.user, &opening.path);
+}
+
 /// The target of an upload must be a file name in an existing directory.
-fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
+pub(super) fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
     match jail.lookup(path)? {
         Some(e) if e.kind == crate::proto::EntryKind::Dir => Err(FsError::new(
             ErrorCode::IsADirectory,
@@ -263,7 +400,7 @@ fn check_target(jail: &Jail, path: &VPath) -> Result<(), FsError> {
 }
 
 /// What the rest of an upload of `size` bytes costs once `written` are in.
-fn still_needed(size: u64, written: u64) -> u64 {
+pub(super) fn still_needed(size: u64, written: u64) -> u64 {
     usage::file_charge(size)
         .saturating_sub(usage::file_charge(written))
         .saturating_add(PUBLISH_SLACK)
@@ -290,6 +427,7 @@ impl Opening {
             written: opened.existing,
             hasher: Hasher::new(),
             reserved: 0,
+            mtime: self.mtime,
             began: now,
         }
     }
@@ -317,11 +455,12 @@ pub fn upload_opened(
     opened: Result<OpenedPartial, FsError>,
 ) -> Phase {
     opening.release(ctx);
-    let (user, path, size, resume) = (
+    let (user, path, size, resume, mtime) = (
         opening.user.clone(),
         opening.path.clone(),
         opening.size,
         opening.resume,
+        opening.mtime,
     );
     let opened = match opened {
         Ok(opened) => opened,
@@ -356,6 +495,8 @@ pub fn upload_opened(
                     path: path.to_string(),
                     size,
                     resume,
+                    mtime,
+                    crc32: None,
                 };
                 return defer(st, tx, ctx, op, None);
             }
@@ -622,6 +763,11 @@ pub fn put_end(
     }
     let user = up.user.clone();
     let job = move || {
+        // The time and the CRC32 (verified above) go with the data.
+        if let Some(ns) = up.mtime {
+            let _ = stamp::set_mtime(&up.file, ns);
+        }
+        stamp::write_stamp(&up.file, actual);
         // Data first, then the name: an acknowledged upload is on disk.
         let outcome = match up.file.sync_all() {
             Ok(()) => match publish_when_possible(&up) {
@@ -1006,7 +1152,7 @@ pub fn release_download(ctx: &mut Ctx, down: Download) {
 /// The access-log line of a transfer: who, from where, what, how much, how
 /// fast, its CRC32 and how it ended. Each field is one `key=value` token:
 /// the strings are quoted, so a name cannot pose as more fields.
-fn log_transfer(
+pub(super) fn log_transfer(
     st: &State,
     dir: &str,
     path: &VPath,

@@ -1,0 +1,408 @@
+//! Small files in batches (`PutSmall`): many files without a round trip
+//! each, made durable together.
+//!
+//! A client sends whole small files, one frame each, without waiting for
+//! answers. The reactor checks each one as it arrives (path, CRC32 of the
+//! data, busy, quota), reserves its space as a streamed upload would, and
+//! adds it to the batch that is filling. One batch at a time is stored by
+//! a helper job: each file written to its partial, then every file synced,
+//! then each published (renamed over its target), then each folder synced
+//! once; only then does the reactor answer each file, in order. While a
+//! batch is stored the next one fills, up to [`SMALL_BATCH_FILES`] files
+//! and [`SMALL_BATCH_BYTES`] bytes; past that the connection's input is
+//! not read (backpressure), so a connection holds at most two batches.
+//!
+//! A request other than `PutSmall` is left unread until every file before
+//! it has been answered, so replies keep the order of requests.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::fds::FileSlot;
+use super::log::quoted;
+use super::session::{Ctx, JobResult, Phase, State, resolve};
+use super::transfer::{self, OPEN_SLACK};
+use super::worker::{Lane, Step};
+use crate::buf::Buffer;
+use crate::jail::{Change, FsError, Jail, PublishError, VPath};
+use crate::log;
+use crate::proto::{ErrorCode, Reply, SMALL_BATCH_BYTES, SMALL_BATCH_FILES, SMALL_FILE_MAX};
+
+/// One small file waiting to be stored.
+pub struct SmallFile {
+    path: VPath,
+    data: Vec<u8>,
+    size: u64,
+    mtime: Option<i64>,
+    crc32: u32,
+    /// What was reserved for it (0 if it did not fit; then it can only be
+    /// answered `Unchanged`, or refused with `over_quota`).
+    reserved: u64,
+    over_quota: Option<String>,
+    _slot: FileSlot,
+    began: Instant,
+}
+
+/// An item of a batch, in request order.
+pub enum Item {
+    File(Box<SmallFile>),
+    /// Refused on arrival; answered in its turn.
+    Refused { code: ErrorCode, message: String },
+}
+
+/// How a small file ended up.
+pub enum Kept {
+    Published,
+    Unchanged,
+}
+
+/// An item after its batch was stored.
+pub enum Stored {
+    File {
+        file: Box<SmallFile>,
+        /// What storing it did to the home's cost.
+        change: Change,
+        result: Result<Kept, FsError>,
+    },
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A session's small-file batches: the one filling and whether one is
+/// being stored.
+#[derive(Default)]
+pub struct Batches {
+    filling: Vec<Item>,
+    bytes: usize,
+    storing: bool,
+}
+
+impl Batches {
+    /// Whether a file of `len` bytes may join the filling batch now.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.filling.is_empty()
+            || (self.filling.len() < SMALL_BATCH_FILES
+                && self.bytes.saturating_add(len) <= SMALL_BATCH_BYTES)
+    }
+
+    /// Whether a batch is being stored.
+    pub fn storing(&self) -> bool {
+        self.storing
+    }
+}
+
+/// `PutSmall`: check the file and add it to the filling batch.
+pub fn put_small(
+    st: &mut State,
+    ctx: &mut Ctx,
+    phase: Phase,
+    path: &str,
+    mtime: Option<i64>,
+    crc32: u32,
+    data: &[u8],
+) -> Phase {
+    let mut batches = match phase {
+        Phase::Batch(b) => b,
+        _ => Box::default(),
+    };
+    let item = admit(st, ctx, path, mtime, crc32, data);
+    if let Item::File(f) = &item {
+        batches.bytes = batches.bytes.saturating_add(f.data.len());
+    }
+    batches.filling.push(item);
+    Phase::Batch(batches)
+}
+
+fn admit(
+    st: &State,
+    ctx: &mut Ctx,
+    path: &str,
+    mtime: Option<i64>,
+    crc32: u32,
+    data: &[u8],
+) -> Item {
+    let refused = |e: FsError| Item::Refused {
+        code: e.code,
+        message: e.message,
+    };
+    let Some(login) = st.login.as_ref() else {
+        return refused(FsError::new(ErrorCode::NotLoggedIn, "log in first"));
+    };
+    let path = match resolve(login, path) {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    if path.is_root() {
+        return refused(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
+    }
+    if data.len() > SMALL_FILE_MAX {
+        let message = format!("bad request: {path} is too big to send whole; stream it");
+        return refused(FsError::new(ErrorCode::BadRequest, message));
+    }
+    if crc32fast::hash(data) != crc32 {
+        let message = format!("checksum mismatch: {path} was damaged in transit; nothing was saved");
+        return refused(FsError::new(ErrorCode::CrcMismatch, message));
+    }
+    let user = login.user.clone();
+    let busy = ctx
+        .accounts
+        .get(&user)
+        .is_none_or(|a| a.uploads.contains(&path));
+    if busy {
+        let message = format!("busy: {path} is being uploaded by another session");
+        return refused(FsError::new(ErrorCode::Busy, message));
+    }
+    let Some(slot) = ctx.fds.take() else {
+        let message = "the server is out of resources right now; try again later";
+        return refused(FsError::new(ErrorCode::Unavailable, message));
+    };
+    let size = data.len() as u64;
+    let full = transfer::still_needed(size, 0).saturating_add(OPEN_SLACK);
+    let (reserved, over_quota) = match ctx.accounts.reserve_creation(&user, full, 1) {
+        Ok(()) => (full, None),
+        // An identical file needs no room: the job decides.
+        Err((_, message)) => (0, Some(message)),
+    };
+    if let Some(acc) = ctx.accounts.get_mut(&user) {
+        acc.uploads.insert(path.clone());
+    }
+    Item::File(Box::new(SmallFile {
+        path,
+        data: data.to_vec(),
+        size,
+        mtime,
+        crc32,
+        reserved,
+        over_quota,
+        _slot: slot,
+        began: ctx.now,
+    }))
+}
+
+/// Starts storing the filling batch if none is being stored and the
+/// client reads its replies (`tx` holds fewer than `tx_high` bytes).
+pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
+    let Phase::Batch(b) = &mut st.phase else {
+        return;
+    };
+    if b.storing || b.filling.is_empty() || tx.len() >= tx_high {
+        return;
+    }
+    let Some(login) = st.login.as_ref() else {
+        return;
+    };
+    let items = std::mem::take(&mut b.filling);
+    b.bytes = 0;
+    b.storing = true;
+    let jail = Arc::clone(&login.jail);
+    let user = login.user.clone();
+    let owner = user.clone();
+    let job = move || {
+        let results = store(&jail, items);
+        Step::Done(JobResult::SmallStored { user: owner, results })
+    };
+    ctx.worker
+        .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
+}
+
+/// Stores a batch (on a helper thread): write each file to its partial,
+/// sync them all, publish each, sync each folder once.
+pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut written: Vec<(usize, File)> = Vec::new();
+    for item in items {
+        let mut f = match item {
+            Item::Refused { code, message } => {
+                out.push(Stored::Refused { code, message });
+                continue;
+            }
+            Item::File(f) => f,
+        };
+        let data = std::mem::take(&mut f.data);
+        let (change, result) = if jail.holds_small_file(&f.path, f.size, f.crc32, f.mtime) {
+            (Change::default(), Ok(Kept::Unchanged))
+        } else if let Some(message) = f.over_quota.take() {
+            let e = FsError::new(ErrorCode::QuotaExceeded, message);
+            (Change::default(), Err(e))
+        } else {
+            match transfer::check_target(jail, &f.path)
+                .map_err(|e| (e, Change::default()))
+                .and_then(|()| jail.write_partial(&f.path, &data, f.mtime, f.crc32))
+            {
+                Ok((file, change)) => {
+                    written.push((out.len(), file));
+                    (change, Ok(Kept::Published))
+                }
+                Err((e, change)) => (change, Err(e)),
+            }
+        };
+        out.push(Stored::File {
+            file: f,
+            change,
+            result,
+        });
+    }
+    // Data first, then names: an answered file is on disk.
+    let mut synced = Vec::with_capacity(written.len());
+    for (i, file) in written {
+        match file.sync_all() {
+            Ok(()) => synced.push(i),
+            Err(e) => fail(jail, &mut out[i], |path| {
+                let e = FsError::from_io(&e, path);
+                FsError::new(e.code, format!("upload of {path} failed: {}", e.message))
+            }),
+        }
+    }
+    let mut folders: Vec<(VPath, OwnedFd, Vec<usize>)> = Vec::new();
+    for i in synced {
+        let Stored::File { file, change, .. } = &mut out[i] else {
+            continue;
+        };
+        match jail.publish_partial_unsynced(&file.path) {
+            Ok((published, dir)) => {
+                *change = change.and(published);
+                let parent = file.path.parent().unwrap_or_else(VPath::root);
+                match folders.iter_mut().find(|(p, _, _)| *p == parent) {
+                    Some((_, _, files)) => files.push(i),
+                    None => folders.push((parent, dir, vec![i])),
+                }
+            }
+            Err(PublishError(e)) => fail(jail, &mut out[i], |path| {
+                FsError::new(e.code, format!("upload of {path} not saved: {}", e.message))
+            }),
+        }
+    }
+    for (_, dir, files) in folders {
+        if let Err(e) = rustix::fs::fsync(&dir) {
+            for i in files {
+                if let Stored::File { file, result, .. } = &mut out[i] {
+                    let message = format!(
+                        "upload of {} was saved but could not be synced to disk ({e}); it may be lost if the server crashes",
+                        file.path
+                    );
+                    *result = Err(FsError::new(ErrorCode::Io, message));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Marks a written file failed and removes its partial.
+fn fail(jail: &Jail, stored: &mut Stored, error: impl FnOnce(&VPath) -> FsError) {
+    if let Stored::File {
+        file,
+        change,
+        result,
+    } = stored
+    {
+        *result = Err(error(&file.path));
+        if let Ok(removed) = jail.remove_partial(&file.path) {
+            *change = change.and(removed);
+        }
+    }
+}
+
+/// A batch was stored: settle each file's figures and answer each, in
+/// order. The session goes on with the next batch, if one is filling.
+pub fn stored(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    mut batches: Box<Batches>,
+    results: Vec<Stored>,
+) -> Phase {
+    for stored in results {
+        match stored {
+            Stored::Refused { code, message } => ctx.send_error(tx, code, &message),
+            Stored::File {
+                file,
+                change,
+                result,
+            } => {
+                let outcome = match &result {
+                    Ok(Kept::Published) => "ok",
+                    Ok(Kept::Unchanged) => "unchanged",
+                    Err(_) => "failed",
+                };
+                if !matches!(result, Ok(Kept::Unchanged)) {
+                    let moved = if result.is_ok() { file.size } else { 0 };
+                    transfer::log_transfer(
+                        st,
+                        "put",
+                        &file.path,
+                        moved,
+                        file.began,
+                        file.crc32,
+                        outcome,
+                    );
+                }
+                match &result {
+                    Ok(Kept::Published) => ctx.send(
+                        tx,
+                        &Reply::PutDone {
+                            size: file.size,
+                            crc32: file.crc32,
+                        },
+                    ),
+                    Ok(Kept::Unchanged) => ctx.send(tx, &Reply::Unchanged),
+                    Err(e) => {
+                        if e.code == ErrorCode::QuotaExceeded {
+                            log!(
+                                Info,
+                                "{} {} put {}: {}",
+                                st.peer,
+                                quoted(st.user()),
+                                quoted(&file.path),
+                                e.message
+                            );
+                        }
+                        ctx.send_error(tx, e.code, &e.message);
+                    }
+                }
+                let user = st.user().to_owned();
+                settle(ctx, &user, *file, change);
+            }
+        }
+    }
+    batches.storing = false;
+    if batches.filling.is_empty() {
+        Phase::Ready
+    } else {
+        Phase::Batch(batches)
+    }
+}
+
+/// A file's figures after storing: hand back the reservation, apply what
+/// storing did, free the path.
+fn settle(ctx: &mut Ctx, user: &str, file: SmallFile, change: Change) {
+    let entries = u64::from(file.reserved > 0);
+    ctx.accounts.release_creation(user, file.reserved, entries);
+    ctx.accounts.apply(user, change);
+    if let Some(acc) = ctx.accounts.get_mut(user) {
+        acc.uploads.remove(&file.path);
+    }
+}
+
+/// A stored batch whose session is gone: settle the figures only.
+pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
+    for stored in results {
+        if let Stored::File { file, change, .. } = stored {
+            settle(ctx, user, *file, change);
+        }
+    }
+}
+
+/// The session ends with files still waiting: nothing of them is on disk
+/// yet, so only their reservations go back.
+pub fn abandon(ctx: &mut Ctx, user: &str, batches: Box<Batches>) {
+    for item in batches.filling {
+        if let Item::File(f) = item {
+            settle(ctx, user, *f, Change::default());
+        }
+    }
+}
