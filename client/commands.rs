@@ -13,6 +13,7 @@ use crate::display;
 use crate::error::Failure;
 use crate::pace::Awaiting;
 use crate::transfer;
+use crate::tree_put;
 
 /// A command that works on a session (the shell adds `cd` and `exit`).
 #[derive(Debug, Subcommand)]
@@ -30,7 +31,12 @@ pub enum Command {
         help: Option<bool>,
     },
     /// Create a directory.
-    Mkdir { path: String },
+    Mkdir {
+        path: String,
+        /// Create missing parents too; an existing folder is no error.
+        #[arg(short, long)]
+        parents: bool,
+    },
     /// Remove an empty directory.
     Rmdir { path: String },
     /// Remove a file.
@@ -43,11 +49,19 @@ pub enum Command {
     Quota,
     /// Show the current remote directory.
     Pwd,
-    /// Upload a file, resuming an unfinished upload of it.
+    /// Upload a file, resuming an unfinished upload of it; with -r a
+    /// folder; with several sources, each into the last argument's folder.
+    #[command(
+        override_usage = "put [OPTIONS] LOCAL [REMOTE]\n       put -r [OPTIONS] LOCAL_DIR [REMOTE_DIR]\n       put [-r] [OPTIONS] LOCAL... REMOTE_DIR"
+    )]
     Put {
-        local: PathBuf,
-        /// Remote path or directory (default: the local file's name).
-        remote: Option<String>,
+        /// Local files (and, with -r, folders), then the remote path or
+        /// folder (default: the local name in the current folder).
+        #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+        paths: Vec<PathBuf>,
+        /// Send folders with everything in them.
+        #[arg(short, long)]
+        recursive: bool,
         /// Start over even if part of the file is already on the server.
         #[arg(long)]
         no_resume: bool,
@@ -69,7 +83,14 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
     match cmd {
         Command::Ping => ping(conn),
         Command::Ls { path, order, .. } => ls(conn, path.as_deref().unwrap_or(""), order),
-        Command::Mkdir { path } => Ok(conn.call_ok(&Request::Mkdir { path: path.clone() })?),
+        Command::Mkdir {
+            path,
+            parents: false,
+        } => Ok(conn.call_ok(&Request::Mkdir { path: path.clone() })?),
+        Command::Mkdir {
+            path,
+            parents: true,
+        } => Ok(mkdir_p(conn, path)?),
         Command::Rmdir { path } => Ok(conn.call_ok(&Request::Rmdir { path: path.clone() })?),
         Command::Rm { path } => Ok(conn.call_ok(&Request::Remove { path: path.clone() })?),
         Command::Mv { from, to } => Ok(conn.call_ok(&Request::Rename {
@@ -89,10 +110,10 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
             print_lines([display::sanitize(&cwd)])
         }
         Command::Put {
-            local,
-            remote,
+            paths,
+            recursive,
             no_resume,
-        } => transfer::put(conn, local, remote.as_deref(), !no_resume, quiet),
+        } => put(conn, paths, *recursive, !no_resume, quiet),
         Command::Get {
             remote,
             local,
@@ -102,6 +123,83 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
             local => transfer::get(conn, remote, local, !no_resume, quiet),
         },
     }
+}
+
+/// `put`: one file as ever, or a job over folders and several sources.
+fn put(
+    conn: &mut Conn,
+    paths: &[PathBuf],
+    recursive: bool,
+    resume: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let (sources, target) = match paths {
+        [one] => (std::slice::from_ref(one), None),
+        [sources @ .., last] => (sources, Some(last)),
+        [] => return Err(Failure::Usage("put needs a file to send".into()).into()),
+    };
+    let target = match target {
+        Some(t) => Some(
+            t.to_str()
+                .ok_or_else(|| Failure::Usage("the remote path is not valid UTF-8".into()))?,
+        ),
+        None => None,
+    };
+    let single_file = sources.len() == 1 && !sources[0].is_dir();
+    if single_file {
+        return transfer::put(conn, &sources[0], target, resume, quiet);
+    }
+    tree_put::put_tree(conn, sources, target, recursive, resume, quiet)
+}
+
+/// `mkdir -p`: creates each missing folder along `path`; an existing
+/// folder is fine. The `Mkdir`s go out together and their answers are
+/// read after, so a deep path costs about one round trip.
+pub fn mkdir_p(conn: &mut Conn, path: &str) -> Result<(), Failure> {
+    let absolute = path.starts_with('/');
+    let mut prefixes = Vec::new();
+    let mut prefix = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if absolute || !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        prefixes.push(prefix.clone());
+    }
+    let Some(last) = prefixes.last().cloned() else {
+        // `/` or `.`: there already.
+        return Ok(());
+    };
+    for p in &prefixes {
+        conn.send(&Request::Mkdir { path: p.clone() })?;
+    }
+    let mut first_error = None;
+    let mut existed = false;
+    for _ in &prefixes {
+        existed = false;
+        match conn.recv() {
+            Ok(Reply::Ok) => {}
+            Err(Failure::Refused {
+                code: ErrorCode::AlreadyExists,
+                ..
+            }) => existed = true,
+            Ok(other) => return Err(Failure::unexpected("Ok", &other)),
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if existed && !is_remote_dir(conn, &last)? {
+        return Err(Failure::refused(
+            ErrorCode::AlreadyExists,
+            &format!("already exists and is not a folder: {last}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Prints the server's version and the time a `Ping` takes.

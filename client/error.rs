@@ -101,6 +101,11 @@ impl Failure {
     }
 }
 
+/// Whether an error ends the session (see [`Failure::is_fatal`]).
+pub fn is_fatal(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Failure>().is_some_and(Failure::is_fatal)
+}
+
 /// The exit code for an error reply.
 fn code_exit(code: ErrorCode) -> u8 {
     use ErrorCode::*;
@@ -162,6 +167,7 @@ fn reply_name(reply: &ftpd::proto::Reply) -> &'static str {
         GetReady { .. } => "GetReady",
         Chunk(_) => "Chunk",
         GetDone { .. } => "GetDone",
+        Unchanged => "Unchanged",
     }
 }
 

@@ -33,7 +33,8 @@ mod pace;
 mod progress;
 mod shell;
 mod transfer;
-// Used by get -r (next commits) and put -r (another branch).
+mod tree_put;
+// Parts of it are used by get -r (another branch).
 #[allow(dead_code)]
 mod tree_report;
 

@@ -36,10 +36,11 @@ const WRITES_PER_CHECK: u64 = 8;
 
 /// How long to wait for `PutDone`: the server syncs the file to disk first,
 /// which for a large file on a slow disk can take minutes.
-const PUT_DONE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const PUT_DONE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Uploads `local` to `remote` (default: the local name), resuming an
-/// unfinished upload when `resume` is set.
+/// unfinished upload when `resume` is set. The file keeps its
+/// modification time.
 pub fn put(
     conn: &mut Conn,
     local: &Path,
@@ -55,7 +56,6 @@ pub fn put(
     if !meta.is_file() {
         bail!("{shown} is not a regular file");
     }
-    let size = meta.len();
     let name = local
         .file_name()
         .and_then(|n| n.to_str())
@@ -66,81 +66,165 @@ pub fn put(
         Some(r) if is_remote_dir(conn, r)? => format!("{r}/{name}"),
         Some(r) => r.to_owned(),
     };
-
-    let mut buf = vec![0u8; CHUNKS_PER_WRITE * (CHUNK_HEADER_MAX + CHUNK_SIZE)].into_boxed_slice();
-    let (offer, prefix_crc) = match conn.call(&Request::PutStart {
-        path: remote.clone(),
-        size,
+    let upload = Upload {
+        remote: &remote,
+        shown: &shown.to_string(),
+        size: meta.len(),
+        mtime: mtime_ns(&meta),
+        crc32: None,
         resume,
-    })? {
-        Reply::PutReady { offset, prefix_crc } => (offset, prefix_crc),
-        other => return Err(Failure::unexpected("PutReady", &other).into()),
+        quiet,
     };
-    let mut hasher = Hasher::new();
-    let start = match resume_point(&mut file, offer, size, prefix_crc, &mut hasher, &mut buf) {
-        Ok(start) => start,
-        Err(e) => {
-            conn.send(&Request::PutFrom { offset: 0 })?;
-            return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
+    let mut progress = None;
+    upload.send(conn, &mut file, &mut |event| match event {
+        Sending::From(start) => {
+            progress = Some(Progress::start(
+                Direction::Sent,
+                &remote,
+                meta.len(),
+                start,
+                quiet,
+            ));
         }
-    };
-    if start > 0 {
-        note(quiet, &format!("resuming at {}", format_size(start)));
-    } else if offer > 0 {
-        note(
-            quiet,
-            "the partial upload on the server differs; starting over",
-        );
-    }
-    conn.send(&Request::PutFrom { offset: start })?;
-
-    let progress = Progress::start(Direction::Sent, &remote, size, start, quiet);
-    match send_chunks(
-        conn,
-        &mut file,
-        start,
-        size,
-        &mut hasher,
-        &mut buf,
-        &progress,
-    )? {
-        Sent::All => {}
-        Sent::Stopped => {
-            // The server has answered already (with an error) and skips our
-            // chunks up to `PutEnd`, which gets no answer of its own. Read
-            // the answer first: it says more than a failed send would.
-            let err = match conn.recv() {
-                Err(e) => e,
-                Ok(other) => Failure::unexpected("Error", &other),
-            };
-            if !err.is_fatal() {
-                // If this fails, the next command reports the lost session.
-                let _ = conn.send(&Request::PutEnd { crc32: 0 });
+        Sending::Bytes(n) => {
+            if let Some(p) = &progress {
+                p.inc(n);
             }
-            return Err(err.into());
         }
-        Sent::LocalError(e) => {
-            return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
-        }
+    })?;
+    if let Some(p) = progress {
+        p.finish();
     }
-    let crc32 = hasher.finalize();
-    conn.send(&Request::PutEnd { crc32 })?;
-    let (their_size, their_crc) = match conn.recv_within(PUT_DONE_TIMEOUT.max(conn.timeout()))? {
-        Reply::PutDone {
-            size: their_size,
-            crc32: their_crc,
-        } => (their_size, their_crc),
-        other => return Err(Failure::unexpected("PutDone", &other).into()),
-    };
-    if (their_size, their_crc) != (size, crc32) {
-        return Err(Failure::Integrity(format!(
-            "the server stored {their_size} bytes with crc32 {their_crc:08x}, \
-             but {size} bytes with crc32 {crc32:08x} were sent"
-        ))
-        .into());
-    }
-    progress.finish();
     Ok(())
+}
+
+/// A file's modification time in nanoseconds since the Unix epoch, as the
+/// protocol carries it; `None` if it does not fit.
+pub fn mtime_ns(meta: &fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .checked_mul(1_000_000_000)?
+        .checked_add(meta.mtime_nsec())
+}
+
+/// What a streamed upload reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Sending {
+    /// Bytes start going out from this offset (after a resumed prefix).
+    From(u64),
+    /// This many more bytes went out.
+    Bytes(u64),
+}
+
+/// How a streamed upload ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploaded {
+    /// Sent, verified and stored.
+    Sent,
+    /// The server already had exactly these bytes (`crc32` was given).
+    Unchanged,
+}
+
+/// One file to stream with `PutStart`.
+pub struct Upload<'a> {
+    pub remote: &'a str,
+    /// How the user names the local file, for messages.
+    pub shown: &'a str,
+    pub size: u64,
+    pub mtime: Option<i64>,
+    /// The whole local file's CRC32, if known: the server answers
+    /// `Unchanged` when its file has the same size and CRC32.
+    pub crc32: Option<u32>,
+    pub resume: bool,
+    pub quiet: bool,
+}
+
+impl Upload<'_> {
+    /// Streams `file`, telling `progress` how it goes.
+    pub fn send(
+        &self,
+        conn: &mut Conn,
+        file: &mut File,
+        progress: &mut dyn FnMut(Sending),
+    ) -> anyhow::Result<Uploaded> {
+        let Upload {
+            remote,
+            shown,
+            size,
+            quiet,
+            ..
+        } = *self;
+        let mut buf =
+            vec![0u8; CHUNKS_PER_WRITE * (CHUNK_HEADER_MAX + CHUNK_SIZE)].into_boxed_slice();
+        let (offer, prefix_crc) = match conn.call(&Request::PutStart {
+            path: remote.to_owned(),
+            size,
+            resume: self.resume,
+            mtime: self.mtime,
+            crc32: self.crc32,
+        })? {
+            Reply::PutReady { offset, prefix_crc } => (offset, prefix_crc),
+            Reply::Unchanged => return Ok(Uploaded::Unchanged),
+            other => return Err(Failure::unexpected("PutReady", &other).into()),
+        };
+        let mut hasher = Hasher::new();
+        let start = match resume_point(file, offer, size, prefix_crc, &mut hasher, &mut buf) {
+            Ok(start) => start,
+            Err(e) => {
+                conn.send(&Request::PutFrom { offset: 0 })?;
+                return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
+            }
+        };
+        if start > 0 {
+            note(quiet, &format!("{remote}: resuming at {}", format_size(start)));
+        } else if offer > 0 {
+            note(
+                quiet,
+                &format!("{remote}: the partial upload on the server differs; starting over"),
+            );
+        }
+        conn.send(&Request::PutFrom { offset: start })?;
+        progress(Sending::From(start));
+        let mut sent = |n| progress(Sending::Bytes(n));
+        match send_chunks(conn, file, start, size, &mut hasher, &mut buf, &mut sent)? {
+            Sent::All => {}
+            Sent::Stopped => {
+                // The server has answered already (with an error) and skips our
+                // chunks up to `PutEnd`, which gets no answer of its own. Read
+                // the answer first: it says more than a failed send would.
+                let err = match conn.recv() {
+                    Err(e) => e,
+                    Ok(other) => Failure::unexpected("Error", &other),
+                };
+                if !err.is_fatal() {
+                    // If this fails, the next command reports the lost session.
+                    let _ = conn.send(&Request::PutEnd { crc32: 0 });
+                }
+                return Err(err.into());
+            }
+            Sent::LocalError(e) => {
+                return abandon(conn, e).with_context(|| format!("cannot read {shown}"));
+            }
+        }
+        let crc32 = hasher.finalize();
+        conn.send(&Request::PutEnd { crc32 })?;
+        let (their_size, their_crc) =
+            match conn.recv_within(PUT_DONE_TIMEOUT.max(conn.timeout()))? {
+                Reply::PutDone {
+                    size: their_size,
+                    crc32: their_crc,
+                } => (their_size, their_crc),
+                other => return Err(Failure::unexpected("PutDone", &other).into()),
+            };
+        if (their_size, their_crc) != (size, crc32) {
+            return Err(Failure::Integrity(format!(
+                "the server stored {their_size} bytes with crc32 {their_crc:08x}, \
+                 but {size} bytes with crc32 {crc32:08x} were sent"
+            ))
+            .into());
+        }
+        Ok(Uploaded::Sent)
+    }
 }
 
 /// Where the upload starts: at the server's `offer` if the local file's
@@ -167,7 +251,7 @@ fn resume_point(
 
 /// Ends an upload early after a local error: a short `PutEnd` makes the
 /// server answer (with an error), which keeps the session in step.
-fn abandon(conn: &mut Conn, e: std::io::Error) -> anyhow::Result<()> {
+fn abandon<T>(conn: &mut Conn, e: std::io::Error) -> anyhow::Result<T> {
     conn.send(&Request::PutEnd { crc32: 0 })?;
     // The answer is an error about the short upload; ours says more.
     let _ = conn.recv();
@@ -192,7 +276,7 @@ fn send_chunks(
     size: u64,
     hasher: &mut Hasher,
     buf: &mut [u8],
-    progress: &Progress,
+    sent: &mut dyn FnMut(u64),
 ) -> Result<Sent, Failure> {
     let mut pos = start;
     let mut writes = 0u64;
@@ -220,7 +304,7 @@ fn send_chunks(
             pos += n as u64;
         }
         conn.send_paced(&buf[..used], &mut pace)?;
-        progress.inc(pos - batch_start);
+        sent(pos - batch_start);
         writes += 1;
         if writes.is_multiple_of(WRITES_PER_CHECK) && conn.reply_waiting() {
             return Ok(Sent::Stopped);

@@ -178,6 +178,8 @@ fn upload(s: &mut Session, path: &str, bytes: &[u8]) -> anyhow::Result<bool> {
         path: path.into(),
         size: bytes.len() as u64,
         resume: false,
+        mtime: None,
+        crc32: None,
     })?;
     if !s.recv(|r| matches!(r, Reply::PutReady { .. }))? {
         return Ok(false);

@@ -143,6 +143,8 @@ mod tests {
                 path: "x".into(),
                 size: u64::MAX,
                 resume: true,
+                mtime: None,
+                crc32: None,
             },
         ]
     }

@@ -1030,6 +1030,8 @@ fn a_crash_at_any_stage_of_an_upload_never_reports_a_false_success() {
             path: "f.bin".into(),
             size: new.len() as u64,
             resume: true,
+            mtime: None,
+            crc32: None,
         }) {
             Reply::PutReady { .. } => {}
             other => panic!("{stage:?}: expected PutReady, got {other:?}"),

@@ -413,6 +413,8 @@ fn raw_unfinished_put(c: &mut Raw, path: &str, len: u64, sent: usize) {
         path: path.into(),
         size: len,
         resume: true,
+        mtime: None,
+        crc32: None,
     }) {
         Reply::PutReady { offset: 0, .. } => {}
         other => panic!("PutStart {path}: {other:?}"),
@@ -647,6 +649,8 @@ fn path_tricks_are_refused_or_stay_inside_the_home() {
                 path: path.into(),
                 size: 1,
                 resume: false,
+                mtime: None,
+                crc32: None,
             },
             Request::Rename {
                 from: "docs/a.txt".into(),
@@ -981,6 +985,8 @@ fn a_symlink_to_etc_is_listed_but_never_followed() {
             path: unique.clone(),
             size: 1,
             resume: false,
+            mtime: None,
+            crc32: None,
         },
         Request::Cd { path: ".".into() },
     ] {
@@ -1423,6 +1429,8 @@ fn the_root_cannot_be_removed_moved_or_replaced() {
                 path: path.into(),
                 size: 1,
                 resume: false,
+                mtime: None,
+                crc32: None,
             },
             ErrorCode::IsADirectory,
             "is a directory: /",
@@ -1673,6 +1681,8 @@ fn quota_figures_match_the_disk_through_changes_and_restarts() {
             path: "r.bin".into(),
             size: 1_000,
             resume: false,
+            mtime: None,
+            crc32: None,
         }),
         Reply::PutReady { offset: 0, .. }
     ));
@@ -1947,6 +1957,8 @@ fn error_messages_never_name_a_server_path() {
                 path: s("big.bin"),
                 size: 1 << 20,
                 resume: false,
+                mtime: None,
+                crc32: None,
             },
             ErrorCode::QuotaExceeded,
         ),
@@ -1955,6 +1967,8 @@ fn error_messages_never_name_a_server_path() {
                 path: s("link/x"),
                 size: 1,
                 resume: false,
+                mtime: None,
+                crc32: None,
             },
             ErrorCode::PermissionDenied,
         ),

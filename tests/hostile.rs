@@ -69,7 +69,19 @@ fn own_request(req: Request) -> Request<'static> {
         Request::Remove { path } => Request::Remove { path },
         Request::Rename { from, to } => Request::Rename { from, to },
         Request::Quota => Request::Quota,
-        Request::PutStart { path, size, resume } => Request::PutStart { path, size, resume },
+        Request::PutStart {
+            path,
+            size,
+            resume,
+            mtime,
+            crc32,
+        } => Request::PutStart {
+            path,
+            size,
+            resume,
+            mtime,
+            crc32,
+        },
         Request::PutFrom { offset } => Request::PutFrom { offset },
         Request::PutEnd { crc32 } => Request::PutEnd { crc32 },
         Request::GetStart {
@@ -82,6 +94,17 @@ fn own_request(req: Request) -> Request<'static> {
             prefix_crc,
         },
         Request::Bye => Request::Bye,
+        Request::PutSmall {
+            path,
+            mtime,
+            crc32,
+            data,
+        } => Request::PutSmall {
+            path,
+            mtime,
+            crc32,
+            data: Vec::leak(data.to_vec()),
+        },
     }
 }
 

@@ -156,7 +156,13 @@ fn any_request() -> impl Strategy<Value = Req> {
         (path(), path()).prop_map(move |(from, to)| msg(Request::Rename { from, to })),
         Just(msg(Request::Quota)),
         (path(), size(), any::<bool>())
-            .prop_map(move |(path, size, resume)| msg(Request::PutStart { path, size, resume })),
+            .prop_map(move |(path, size, resume)| msg(Request::PutStart {
+                path,
+                size,
+                resume,
+                mtime: None,
+                crc32: None,
+            })),
         size().prop_map(move |offset| msg(Request::PutFrom { offset })),
         bytes(4096).prop_map(Req::Chunk),
         any::<u32>().prop_map(move |crc32| msg(Request::PutEnd { crc32 })),
@@ -187,7 +193,13 @@ fn upload() -> impl Strategy<Value = Vec<Req>> {
             let size = (data.len() as u64).saturating_add_signed(skew);
             let crc = crc32fast::hash(&data);
             let mut steps = vec![
-                Req::Msg(Request::PutStart { path, size, resume }),
+                Req::Msg(Request::PutStart {
+                    path,
+                    size,
+                    resume,
+                    mtime: None,
+                    crc32: None,
+                }),
                 Req::Msg(Request::PutFrom { offset: 0 }),
             ];
             let per = data.len().div_ceil(pieces).max(1);

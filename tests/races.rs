@@ -169,6 +169,8 @@ fn upload_racing(
         path: path.into(),
         size: data.len() as u64,
         resume: false,
+        mtime: None,
+        crc32: None,
     }) {
         Reply::PutReady { .. } => {}
         Reply::Error { message, .. } => {

@@ -43,6 +43,8 @@ fn begin_upload(c: &mut Raw, path: &str, data: &[u8], sent: usize) {
         path: path.into(),
         size: data.len() as u64,
         resume: true,
+        mtime: None,
+        crc32: None,
     }) {
         Reply::PutReady { offset: 0, .. } => {}
         other => panic!("expected PutReady at 0, got {other:?}"),
@@ -507,6 +509,8 @@ fn sigterm_during_an_upload_keeps_the_partial_for_resume() {
         path: "f.bin".into(),
         size: body.len() as u64,
         resume: true,
+        mtime: None,
+        crc32: None,
     }) {
         Reply::PutReady { offset, prefix_crc } => {
             assert_eq!(offset, half as u64);

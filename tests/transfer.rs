@@ -316,6 +316,8 @@ fn put_start(c: &mut Raw, path: &str, size: u64) -> Reply<'static> {
         path: path.into(),
         size,
         resume: true,
+        mtime: None,
+        crc32: None,
     })
 }
 
@@ -726,6 +728,8 @@ fn an_upload_over_the_quota_is_refused_before_any_data_moves() {
                 path: name.into(),
                 size: len as u64,
                 resume,
+                mtime: None,
+                crc32: None,
             }) {
                 Reply::Error {
                     code: ErrorCode::QuotaExceeded,

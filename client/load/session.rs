@@ -563,6 +563,8 @@ impl State {
                     path,
                     size,
                     resume: false,
+                    mtime: None,
+                    crc32: None,
                 };
                 self.send(cx, &put)?;
                 Step::Await(Wait::PutReady(file))
@@ -913,5 +915,6 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::GetReady { .. } => "GetReady",
         Reply::Chunk(_) => "Chunk",
         Reply::GetDone { .. } => "GetDone",
+        Reply::Unchanged => "Unchanged",
     }
 }

@@ -87,6 +87,8 @@ fn main() {
             path: path("x.bin"),
             size: 11,
             resume: false,
+            mtime: None,
+            crc32: None,
         },
         Request::PutFrom { offset: 0 },
         Request::Chunk(b"hello "),

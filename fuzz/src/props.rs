@@ -455,6 +455,7 @@ fn mentions(req: &Request<'_>, needle: &[u8]) -> bool {
         | Request::GetStart { path, .. } => has(path.as_bytes()),
         Request::Rename { from, to } => has(from.as_bytes()) || has(to.as_bytes()),
         Request::Chunk(bytes) => has(bytes),
+        Request::PutSmall { path, data, .. } => has(path.as_bytes()) || has(data),
         Request::Hello { .. }
         | Request::Ping
         | Request::Pwd

@@ -439,6 +439,8 @@ impl Raw {
             path: path.into(),
             size: bytes.len() as u64,
             resume: false,
+            mtime: None,
+            crc32: None,
         }) {
             Reply::PutReady { .. } => {}
             other => return other,
@@ -486,6 +488,7 @@ pub fn own(reply: Reply) -> Reply<'static> {
         Reply::PutDone { size, crc32 } => Reply::PutDone { size, crc32 },
         Reply::GetReady { size, offset } => Reply::GetReady { size, offset },
         Reply::GetDone { crc32 } => Reply::GetDone { crc32 },
+        Reply::Unchanged => Reply::Unchanged,
     }
 }
 
