@@ -5,9 +5,10 @@
 //! answers. The reactor checks each one as it arrives (path, CRC32 of the
 //! data, busy, quota), reserves its space as a streamed upload would, and
 //! adds it to the batch that is filling. One batch at a time is stored by
-//! a helper job: each file written to its partial, then every file synced,
-//! then each published (renamed over its target), then each folder synced
-//! once; only then does the reactor answer each file, in order. While a
+//! a helper job: each file written to its partial, then every file synced
+//! (one `syncfs` for the batch), then each published (renamed over its
+//! target), then the folders synced (one `syncfs`, or the one folder's
+//! `fsync`); only then does the reactor answer each file, in order. While a
 //! batch is stored the next one fills, up to [`SMALL_BATCH_FILES`] files
 //! and [`SMALL_BATCH_BYTES`] bytes; past that the connection's input is
 //! not read (backpressure), so a connection holds at most two batches.
@@ -246,10 +247,14 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
             result,
         });
     }
-    // Data first, then names: an answered file is on disk.
+    // Data first, then names: an answered file is on disk. One syncfs
+    // makes the whole batch durable with one journal commit, where a sync
+    // per file would pay one each; should it fail, syncing each file
+    // finds the ones that cannot be made durable.
+    let together = written.len() > 1 && rustix::fs::syncfs(&written[0].1).is_ok();
     let mut synced = Vec::with_capacity(written.len());
     for (i, file) in written {
-        match file.sync_all() {
+        match if together { Ok(()) } else { file.sync_all() } {
             Ok(()) => synced.push(i),
             Err(e) => fail(jail, &mut out[i], |path| {
                 let e = FsError::from_io(&e, path);
@@ -276,8 +281,11 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
             }),
         }
     }
+    // The new names: one syncfs for several folders, else each folder's
+    // own sync (which also tells which folder failed).
+    let together = folders.len() > 1 && rustix::fs::syncfs(&folders[0].1).is_ok();
     for (_, dir, files) in folders {
-        if let Err(e) = rustix::fs::fsync(&dir) {
+        if let Err(e) = if together { Ok(()) } else { rustix::fs::fsync(&dir) } {
             for i in files {
                 if let Stored::File { file, result, .. } = &mut out[i] {
                     let message = format!(
