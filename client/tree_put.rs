@@ -256,6 +256,8 @@ impl Job<'_> {
 
     /// A folder's contents into `remote` (which is created if missing).
     fn folder(&mut self, root: &Path, remote: &str) -> Result<(), anyhow::Error> {
+        // `mkdir_p` reads its own answers: nothing may be in flight.
+        self.drain(0)?;
         if let Err(e) = mkdir_p(self.conn, remote) {
             if e.is_fatal() {
                 return Err(e.into());

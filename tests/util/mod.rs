@@ -248,6 +248,18 @@ impl TestServer {
         cmd
     }
 
+    /// Like [`TestServer::ftpc_cmd`], without `--quiet` (so summaries and
+    /// notes are printed).
+    pub fn ftpc_loud_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FTPC);
+        cmd.args(["--server", &self.addr.to_string(), "--user", user])
+            .args(args)
+            .env("FTPC_PASSWORD", password)
+            .env_remove("FTPC_SERVER")
+            .env_remove("FTPC_USER");
+        cmd
+    }
+
     /// Runs ftpc and asserts success; returns stdout.
     pub fn ok(&self, user: &str, password: &str, args: &[&str]) -> String {
         let out = self.ftpc(user, password, args);
