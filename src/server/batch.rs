@@ -414,3 +414,96 @@ pub fn abandon(ctx: &mut Ctx, user: &str, batches: Box<Batches>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::fds::FdBudget;
+    use crate::usage;
+
+    fn item(budget: &FdBudget, path: &str, data: &[u8], mtime: Option<i64>) -> Item {
+        Item::File(Box::new(SmallFile {
+            path: VPath::resolve(&VPath::root(), path).unwrap(),
+            data: data.to_vec(),
+            size: data.len() as u64,
+            mtime,
+            crc32: crc32fast::hash(data),
+            reserved: 0,
+            over_quota: None,
+            _slot: budget.take().unwrap(),
+            began: Instant::now(),
+        }))
+    }
+
+    /// What `store` reports for each item: "published", "unchanged", the
+    /// error code, or "refused"; and the sum of the changes.
+    fn outcomes(results: &[Stored]) -> (Vec<String>, i64, i64) {
+        let (mut bytes, mut entries) = (0, 0);
+        let names = results
+            .iter()
+            .map(|r| match r {
+                Stored::Refused { .. } => "refused".to_owned(),
+                Stored::File { change, result, .. } => {
+                    bytes += change.bytes;
+                    entries += change.entries;
+                    match result {
+                        Ok(Kept::Published) => "published".to_owned(),
+                        Ok(Kept::Unchanged) => "unchanged".to_owned(),
+                        Err(e) => format!("{:?}", e.code),
+                    }
+                }
+            })
+            .collect();
+        (names, bytes, entries)
+    }
+
+    #[test]
+    fn a_batch_is_stored_published_stamped_and_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join("d1")).unwrap();
+        std::fs::create_dir_all(home.join("d2/taken")).unwrap();
+        let jail = Jail::open(&home).unwrap();
+        let budget = FdBudget::new();
+        let before = usage::tally(&home).unwrap();
+        let t = 1_500_000_000_123_456_789;
+        let items = vec![
+            item(&budget, "/d1/a", b"alpha", Some(t)),
+            Item::Refused {
+                code: ErrorCode::CrcMismatch,
+                message: "damaged".into(),
+            },
+            item(&budget, "/d2/b", b"", None),
+            item(&budget, "/d2/taken", b"not over a folder", None),
+            item(&budget, "/d1/c", &vec![7u8; 5000], None),
+        ];
+        let results = store(&jail, items);
+        let (names, bytes, entries) = outcomes(&results);
+        assert_eq!(
+            names,
+            ["published", "refused", "published", "IsADirectory", "published"]
+        );
+        // What the batch reported equals a recount of the disk.
+        let after = usage::tally(&home).unwrap();
+        assert_eq!(after.bytes as i64 - before.bytes as i64, bytes);
+        assert_eq!(after.entries as i64 - before.entries as i64, entries);
+        assert_eq!(std::fs::read(home.join("d1/a")).unwrap(), b"alpha");
+        assert_eq!(std::fs::read(home.join("d1/c")).unwrap(), vec![7u8; 5000]);
+        assert!(home.join("d2/b").is_file());
+        let mtime = std::fs::metadata(home.join("d1/a")).unwrap().modified().unwrap();
+        assert_eq!(Some(mtime), crate::jail::stamp::system_time(t));
+        let partials = std::fs::read_dir(home.join(crate::jail::PARTIAL_DIR)).unwrap();
+        assert_eq!(partials.count(), 0, "partials left behind");
+
+        // The same files again are unchanged (by their stamps) and cost
+        // nothing; a changed one is published again.
+        let again = vec![
+            item(&budget, "/d1/a", b"alpha", Some(t)),
+            item(&budget, "/d1/c", &vec![8u8; 5000], None),
+        ];
+        let (names, bytes, _) = outcomes(&store(&jail, again));
+        assert_eq!(names, ["unchanged", "published"]);
+        assert_eq!(bytes, 0, "replacing a file of the same size costs nothing");
+        assert_eq!(std::fs::read(home.join("d1/c")).unwrap(), vec![8u8; 5000]);
+    }
+}
