@@ -68,7 +68,8 @@ pub fn put_tree(
     if let Some(dir) = container {
         mkdir_p(conn, dir)?;
     }
-    precheck_quota(conn, &sources)?;
+    let tallies: Vec<Tally> = sources.iter().map(Source::tally).collect();
+    precheck_quota(conn, &sources, &tallies)?;
     let mut job = Job {
         conn,
         report: TreeReport::start(Direction::Sent, quiet),
@@ -77,6 +78,9 @@ pub fn put_tree(
         resume,
         quiet,
     };
+    for t in &tallies {
+        job.report.discovered(t.files, t.bytes);
+    }
     let fatal = job.run(&sources).err();
     let Job { report, .. } = job;
     report.finish(fatal)
@@ -153,6 +157,21 @@ struct Tally {
     cost: u64,
 }
 
+impl Source {
+    /// What this source would cost (a folder: its whole tree).
+    fn tally(&self) -> Tally {
+        if self.is_dir {
+            return tally(&self.local);
+        }
+        let size = fs::metadata(&self.local).map_or(0, |m| m.len());
+        Tally {
+            files: 1,
+            bytes: size,
+            cost: file_charge(size),
+        }
+    }
+}
+
 /// A cheap first walk: sizes only, nothing opened.
 fn tally(root: &Path) -> Tally {
     let mut t = Tally::default();
@@ -174,9 +193,9 @@ fn tally(root: &Path) -> Tally {
 /// sent. Sources whose destination already exists (a rerun) are left out:
 /// how much of them is already there is not known before sending, and
 /// each file still reserves its own space on the server.
-fn precheck_quota(conn: &mut Conn, sources: &[Source]) -> anyhow::Result<()> {
+fn precheck_quota(conn: &mut Conn, sources: &[Source], tallies: &[Tally]) -> anyhow::Result<()> {
     let mut need = 0u64;
-    for source in sources {
+    for (source, t) in sources.iter().zip(tallies) {
         let exists = match stat(conn, &source.remote) {
             Ok(_) => true,
             Err(Failure::Refused {
@@ -187,7 +206,7 @@ fn precheck_quota(conn: &mut Conn, sources: &[Source]) -> anyhow::Result<()> {
             Err(_) => true,
         };
         if !exists {
-            need = need.saturating_add(tally(&source.local).cost);
+            need = need.saturating_add(t.cost);
         }
     }
     if need == 0 {
@@ -230,19 +249,6 @@ struct Job<'c> {
 impl Job<'_> {
     /// Sends every source; `Err` only when the session is lost.
     fn run(&mut self, sources: &[Source]) -> Result<(), anyhow::Error> {
-        for source in sources {
-            let t = if source.is_dir {
-                tally(&source.local)
-            } else {
-                let size = fs::metadata(&source.local).map_or(0, |m| m.len());
-                Tally {
-                    files: 1,
-                    bytes: size,
-                    cost: 0,
-                }
-            };
-            self.report.discovered(t.files, t.bytes);
-        }
         for source in sources {
             if source.is_dir {
                 self.folder(&source.local, &source.remote)?;
@@ -347,6 +353,7 @@ impl Job<'_> {
             return self.local_failure(shown, e, size);
         }
         let crc32 = crc32fast::hash(&data);
+        self.report.begin_file(shown);
         self.make_room(data.len())?;
         self.conn.send(&Request::PutSmall {
             path: remote.to_owned(),
