@@ -71,6 +71,15 @@ const OPEN_TRIES: usize = 8;
 /// Mode of folders users create (before the umask).
 const DIR_MODE: u32 = 0o755;
 
+/// What [`Jail::small_target`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The same bytes are there already.
+    Same,
+    /// Nothing, or another file: a new one may replace it.
+    Other,
+}
+
 /// One user's home, held open. Cheap to share: wrap in `Arc`.
 #[derive(Debug)]
 pub struct Jail {
@@ -286,27 +295,62 @@ impl Jail {
         Ok((File::from(fd), regular_size(&st), FileId::of(&st)))
     }
 
-    /// Whether `p` is a regular file of `size` bytes with CRC32 `crc`
-    /// (from its stamp, or read and stamped afresh), for small files. If
-    /// so and `mtime` differs from its modification time, that is set (and
-    /// the stamp renewed), as a fresh upload would have done.
-    pub fn holds_small_file(&self, p: &VPath, size: u64, crc: u32, mtime: Option<i64>) -> bool {
-        let Ok((file, len, _)) = self.open_read(p) else {
-            return false;
+    /// What is at the target of a small upload: the same file already
+    /// (a regular file of `size` bytes with CRC32 `crc`, from its stamp or
+    /// read and stamped afresh), or something a new file may replace. A
+    /// folder (`IsADirectory`) or a special file (`PermissionDenied`) there
+    /// is refused, as for any upload. An identical file whose modification
+    /// time differs from `mtime` gets it (and a new stamp), as a fresh
+    /// upload would have.
+    pub fn small_target(
+        &self,
+        p: &VPath,
+        size: u64,
+        crc: u32,
+        mtime: Option<i64>,
+    ) -> Result<Target, FsError> {
+        let Some(name) = p.file_name() else {
+            return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
         };
-        let Ok(st) = rustix::fs::fstat(&file) else {
-            return false;
+        let dir = self.open_parent(p, OFlags::PATH)?;
+        let st = match lstat_at(&dir, name) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(Target::Other),
+            Err(e) => return Err(FsError::from_errno(e, p)),
         };
-        if len != size || !stamp::crc_of_small(&file, &st).is_ok_and(|c| c == crc) {
-            return false;
+        check_regular(&st, p)?;
+        if regular_size(&st) != size {
+            return Ok(Target::Other);
+        }
+        // The file itself, now: O_NOFOLLOW and O_NONBLOCK, so nothing
+        // swapped in since the lstat is followed or waited on; its fstat
+        // must show the same regular file.
+        let fd = open_beneath(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        );
+        let Ok(fd) = fd else {
+            return Ok(Target::Other);
+        };
+        let file = File::from(fd);
+        let Ok(now) = rustix::fs::fstat(&file) else {
+            return Ok(Target::Other);
+        };
+        if FileId::of(&now) != FileId::of(&st) || file_type(&now) != FileType::RegularFile {
+            return Ok(Target::Other);
+        }
+        if !stamp::crc_of_small(&file, &now).is_ok_and(|c| c == crc) {
+            return Ok(Target::Other);
         }
         if let Some(ns) = mtime
-            && ns != stamp::mtime_ns(&st)
+            && ns != stamp::mtime_ns(&now)
             && stamp::set_mtime(&file, ns).is_ok()
         {
             stamp::write_stamp(&file, crc);
         }
-        true
+        Ok(Target::Same)
     }
 
     /// Opens `p` below the home with [`RESOLVE`].

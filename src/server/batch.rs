@@ -13,8 +13,10 @@
 //! and [`SMALL_BATCH_BYTES`] bytes; past that the connection's input is
 //! not read (backpressure), so a connection holds at most two batches.
 //!
-//! A request other than `PutSmall` is left unread until every file before
-//! it has been answered, so replies keep the order of requests.
+//! A `Mkdir` among the files joins the batch too (done in its turn, before
+//! the files after it are published), so a tree's folders do not stall the
+//! stream. Any other request is left unread until every file before it
+//! has been answered, so replies keep the order of requests.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -23,11 +25,11 @@ use std::time::Instant;
 
 use super::fds::FileSlot;
 use super::log::quoted;
-use super::session::{Ctx, JobResult, Phase, State, resolve};
+use super::session::{Ctx, JobResult, MKDIR_SLACK, Phase, State, resolve};
 use super::transfer::{self, OPEN_SLACK};
 use super::worker::{Lane, Step};
 use crate::buf::Buffer;
-use crate::jail::{Change, FsError, Jail, PublishError, VPath};
+use crate::jail::{Change, FsError, Jail, PublishError, Target, VPath};
 use crate::log;
 use crate::proto::{ErrorCode, Reply, SMALL_BATCH_BYTES, SMALL_BATCH_FILES, SMALL_FILE_MAX};
 
@@ -49,6 +51,10 @@ pub struct SmallFile {
 /// An item of a batch, in request order.
 pub enum Item {
     File(Box<SmallFile>),
+    /// A `Mkdir` that came among the files (a tree's next folder): it is
+    /// done in its turn, so the files after it can land in it, without
+    /// waiting for the batch before it to be answered.
+    Folder { path: VPath, reserved: u64 },
     /// Refused on arrival; answered in its turn.
     Refused { code: ErrorCode, message: String },
 }
@@ -61,6 +67,10 @@ pub enum Kept {
 
 /// An item after its batch was stored.
 pub enum Stored {
+    Folder {
+        reserved: u64,
+        result: Result<Change, FsError>,
+    },
     File {
         file: Box<SmallFile>,
         /// What storing it did to the home's cost.
@@ -114,6 +124,35 @@ pub fn put_small(
     if let Item::File(f) = &item {
         batches.bytes = batches.bytes.saturating_add(f.data.len());
     }
+    batches.filling.push(item);
+    Phase::Batch(batches)
+}
+
+/// `Mkdir` while small files are being stored: joins the filling batch.
+pub fn mkdir(st: &mut State, ctx: &mut Ctx, phase: Phase, path: &str) -> Phase {
+    let Phase::Batch(mut batches) = phase else {
+        return phase;
+    };
+    let item = match st.login.as_ref().map(|login| resolve(login, path)) {
+        None => Item::Refused {
+            code: ErrorCode::NotLoggedIn,
+            message: "log in first".into(),
+        },
+        Some(Err(e)) => Item::Refused {
+            code: e.code,
+            message: e.message,
+        },
+        Some(Ok(path)) => match ctx
+            .accounts
+            .reserve_creation(st.user(), MKDIR_SLACK, 1)
+        {
+            Ok(()) => Item::Folder {
+                path,
+                reserved: MKDIR_SLACK,
+            },
+            Err((code, message)) => Item::Refused { code, message },
+        },
+    };
     batches.filling.push(item);
     Phase::Batch(batches)
 }
@@ -221,25 +260,30 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
                 out.push(Stored::Refused { code, message });
                 continue;
             }
+            Item::Folder { path, reserved } => {
+                let result = jail.mkdir(&path);
+                out.push(Stored::Folder { reserved, result });
+                continue;
+            }
             Item::File(f) => f,
         };
         let data = std::mem::take(&mut f.data);
-        let (change, result) = if jail.holds_small_file(&f.path, f.size, f.crc32, f.mtime) {
-            (Change::default(), Ok(Kept::Unchanged))
-        } else if let Some(message) = f.over_quota.take() {
-            let e = FsError::new(ErrorCode::QuotaExceeded, message);
-            (Change::default(), Err(e))
-        } else {
-            match transfer::check_target(jail, &f.path)
-                .map_err(|e| (e, Change::default()))
-                .and_then(|()| jail.write_partial(&f.path, &data, f.mtime, f.crc32))
-            {
-                Ok((file, change)) => {
-                    written.push((out.len(), file));
-                    (change, Ok(Kept::Published))
+        let (change, result) = match jail.small_target(&f.path, f.size, f.crc32, f.mtime) {
+            Ok(Target::Same) => (Change::default(), Ok(Kept::Unchanged)),
+            Err(e) => (Change::default(), Err(e)),
+            Ok(Target::Other) => match f.over_quota.take() {
+                Some(message) => {
+                    let e = FsError::new(ErrorCode::QuotaExceeded, message);
+                    (Change::default(), Err(e))
                 }
-                Err((e, change)) => (change, Err(e)),
-            }
+                None => match jail.write_partial(&f.path, &data, f.mtime, f.crc32) {
+                    Ok((file, change)) => {
+                        written.push((out.len(), file));
+                        (change, Ok(Kept::Published))
+                    }
+                    Err((e, change)) => (change, Err(e)),
+                },
+            },
         };
         out.push(Stored::File {
             file: f,
@@ -327,6 +371,13 @@ pub fn stored(
     for stored in results {
         match stored {
             Stored::Refused { code, message } => ctx.send_error(tx, code, &message),
+            Stored::Folder { reserved, result } => {
+                let user = st.user().to_owned();
+                match settle_folder(ctx, &user, reserved, result) {
+                    Ok(()) => ctx.send(tx, &Reply::Ok),
+                    Err(e) => ctx.send_error(tx, e.code, &e.message),
+                }
+            }
             Stored::File {
                 file,
                 change,
@@ -396,11 +447,29 @@ fn settle(ctx: &mut Ctx, user: &str, file: SmallFile, change: Change) {
     }
 }
 
+/// A folder's figures: hand back the reservation, apply what it did.
+fn settle_folder(
+    ctx: &mut Ctx,
+    user: &str,
+    reserved: u64,
+    result: Result<Change, FsError>,
+) -> Result<(), FsError> {
+    ctx.accounts
+        .release_creation(user, reserved, u64::from(reserved > 0));
+    result.map(|change| ctx.accounts.apply(user, change))
+}
+
 /// A stored batch whose session is gone: settle the figures only.
 pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
     for stored in results {
-        if let Stored::File { file, change, .. } = stored {
-            settle(ctx, user, *file, change);
+        match stored {
+            Stored::File { file, change, .. } => settle(ctx, user, *file, change),
+            Stored::Folder {
+                reserved, result, ..
+            } => {
+                let _ = settle_folder(ctx, user, reserved, result);
+            }
+            Stored::Refused { .. } => {}
         }
     }
 }
@@ -409,8 +478,12 @@ pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
 /// yet, so only their reservations go back.
 pub fn abandon(ctx: &mut Ctx, user: &str, batches: Box<Batches>) {
     for item in batches.filling {
-        if let Item::File(f) = item {
-            settle(ctx, user, *f, Change::default());
+        match item {
+            Item::File(f) => settle(ctx, user, *f, Change::default()),
+            Item::Folder { reserved, .. } => {
+                let _ = settle_folder(ctx, user, reserved, Ok(Change::default()));
+            }
+            Item::Refused { .. } => {}
         }
     }
 }
@@ -443,6 +516,14 @@ mod tests {
             .iter()
             .map(|r| match r {
                 Stored::Refused { .. } => "refused".to_owned(),
+                Stored::Folder { result, .. } => match result {
+                    Ok(change) => {
+                        bytes += change.bytes;
+                        entries += change.entries;
+                        "folder".to_owned()
+                    }
+                    Err(e) => format!("{:?}", e.code),
+                },
                 Stored::File { change, result, .. } => {
                     bytes += change.bytes;
                     entries += change.entries;
@@ -476,13 +557,27 @@ mod tests {
             item(&budget, "/d2/b", b"", None),
             item(&budget, "/d2/taken", b"not over a folder", None),
             item(&budget, "/d1/c", &vec![7u8; 5000], None),
+            Item::Folder {
+                path: VPath::resolve(&VPath::root(), "/d1/new").unwrap(),
+                reserved: 0,
+            },
+            item(&budget, "/d1/new/in-it", b"in a folder made in this batch", None),
         ];
         let results = store(&jail, items);
         let (names, bytes, entries) = outcomes(&results);
         assert_eq!(
             names,
-            ["published", "refused", "published", "IsADirectory", "published"]
+            [
+                "published",
+                "refused",
+                "published",
+                "IsADirectory",
+                "published",
+                "folder",
+                "published"
+            ]
         );
+        assert!(home.join("d1/new/in-it").is_file());
         // What the batch reported equals a recount of the disk.
         let after = usage::tally(&home).unwrap();
         assert_eq!(after.bytes as i64 - before.bytes as i64, bytes);

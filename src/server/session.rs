@@ -340,7 +340,7 @@ pub enum JobResult {
 
 /// Reserved while a folder is created: its first block, and one for the
 /// parent folder growing to hold the name.
-const MKDIR_SLACK: u64 = 2 * crate::usage::BLOCK;
+pub(super) const MKDIR_SLACK: u64 = 2 * crate::usage::BLOCK;
 
 /// Reserved while something is moved: the target folder may grow a block.
 const RENAME_SLACK: u64 = crate::usage::BLOCK;
@@ -455,6 +455,7 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
                 data,
             },
         ) => batch::put_small(st, ctx, phase, &path, mtime, crc32, data),
+        (phase @ Phase::Batch(_), Request::Mkdir { path }) => batch::mkdir(st, ctx, phase, &path),
         (Phase::Ready, req) => command(st, tx, ctx, req),
         (Phase::PutOffered(up), Request::PutFrom { offset }) => {
             transfer::put_from(st, tx, ctx, up, offset)
@@ -486,12 +487,14 @@ pub fn handle(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) {
 }
 
 /// Whether `req` may be handled now, or must wait unread: while small
-/// files are being stored, only more of them (while the filling batch has
-/// room) and `Bye` are taken, so replies keep the order of requests.
+/// files are being stored, only more of them and `Mkdir`s (while the
+/// filling batch has room) and `Bye` are taken, so replies keep the order
+/// of requests.
 pub fn accepts(phase: &Phase, req: &Request) -> bool {
     match (phase, req) {
         (Phase::Batch(_), Request::Bye) => true,
         (Phase::Batch(b), Request::PutSmall { data, .. }) => b.has_room(data.len()),
+        (Phase::Batch(b), Request::Mkdir { .. }) => b.has_room(0),
         (Phase::Batch(_), _) => false,
         _ => true,
     }
