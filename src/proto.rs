@@ -113,11 +113,11 @@ pub const SMALL_BYTES_IN_FLIGHT: usize = 2 * SMALL_BATCH_BYTES;
 
 /// Most small files the server makes durable in one batch: one helper
 /// job writes them, syncs them and each folder once, then publishes them.
-pub const SMALL_BATCH_FILES: usize = 64;
+pub const SMALL_BATCH_FILES: usize = 128;
 
 /// Most bytes of small-file data in one batch. With one batch being
 /// stored and one filling, a connection holds at most twice this.
-pub const SMALL_BATCH_BYTES: usize = 256 * 1024;
+pub const SMALL_BATCH_BYTES: usize = 512 * 1024;
 
 /// Longest user name a client may send.
 pub const MAX_USER_LEN: usize = 32;
