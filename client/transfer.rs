@@ -176,7 +176,10 @@ impl Upload<'_> {
             }
         };
         if start > 0 {
-            note(quiet, &format!("{remote}: resuming at {}", format_size(start)));
+            note(
+                quiet,
+                &format!("{remote}: resuming at {}", format_size(start)),
+            );
         } else if offer > 0 {
             note(
                 quiet,

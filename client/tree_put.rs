@@ -113,7 +113,11 @@ fn plan(paths: &[PathBuf], target: Option<&str>, recursive: bool) -> anyhow::Res
                 return Err(Failure::Usage("several sources need a target folder".into()).into());
             }
         };
-        let remote = if remote.is_empty() { "/".to_owned() } else { remote };
+        let remote = if remote.is_empty() {
+            "/".to_owned()
+        } else {
+            remote
+        };
         sources.push(Source {
             local: local.clone(),
             remote,
@@ -128,8 +132,8 @@ fn own_name(local: &Path) -> anyhow::Result<String> {
     let canonical;
     let path = if local.file_name().is_none() {
         // `.` or `..`: name it after the folder it stands for.
-        canonical = fs::canonicalize(local)
-            .with_context(|| format!("cannot read {}", local.display()))?;
+        canonical =
+            fs::canonicalize(local).with_context(|| format!("cannot read {}", local.display()))?;
         canonical.as_path()
     } else {
         local
@@ -232,8 +236,14 @@ fn precheck_quota(conn: &mut Conn, sources: &[Source], tallies: &[Tally]) -> any
 
 /// A request sent and not yet answered.
 enum InFlight {
-    Folder { remote: String },
-    File { shown: String, size: u64, crc32: u32 },
+    Folder {
+        remote: String,
+    },
+    File {
+        shown: String,
+        size: u64,
+        crc32: u32,
+    },
 }
 
 /// A running job: the session, the report, the window of small files.

@@ -155,14 +155,15 @@ fn any_request() -> impl Strategy<Value = Req> {
         path().prop_map(move |path| msg(Request::Remove { path })),
         (path(), path()).prop_map(move |(from, to)| msg(Request::Rename { from, to })),
         Just(msg(Request::Quota)),
-        (path(), size(), any::<bool>())
-            .prop_map(move |(path, size, resume)| msg(Request::PutStart {
+        (path(), size(), any::<bool>()).prop_map(move |(path, size, resume)| msg(
+            Request::PutStart {
                 path,
                 size,
                 resume,
                 mtime: None,
                 crc32: None,
-            })),
+            }
+        )),
         size().prop_map(move |offset| msg(Request::PutFrom { offset })),
         bytes(4096).prop_map(Req::Chunk),
         any::<u32>().prop_map(move |crc32| msg(Request::PutEnd { crc32 })),

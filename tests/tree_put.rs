@@ -89,7 +89,11 @@ fn make_tree(root: &Path, outside: &Path) {
     fs::write(root.join("a/Ünïcödé ñame €.txt"), "non-ascii".as_bytes()).unwrap();
     make_file(&root.join("a/big.bin"), 3 * 1024 * 1024 + 17, 7);
     for i in 0..300u64 {
-        make_file(&root.join(format!("many/f{i:03}.dat")), (i * 61 % 9000) as usize, i);
+        make_file(
+            &root.join(format!("many/f{i:03}.dat")),
+            (i * 61 % 9000) as usize,
+            i,
+        );
     }
     fs::write(outside.join("secret.txt"), SECRET).unwrap();
     symlink(outside.join("secret.txt"), root.join("link-to-secret")).unwrap();
@@ -138,7 +142,10 @@ fn assert_same_tree(local: &Path, remote: &Path) {
         if *is_dir {
             continue;
         }
-        assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "{rel} differs");
+        assert!(
+            fs::read(&a).unwrap() == fs::read(&b).unwrap(),
+            "{rel} differs"
+        );
         let (ta, tb) = (
             fs::metadata(&a).unwrap().modified().unwrap(),
             fs::metadata(&b).unwrap().modified().unwrap(),
@@ -337,8 +344,14 @@ fn one_failed_file_does_not_stop_the_others() {
     let out = site.run(&["put", "-r", "tree"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("ftpc: failed: ") && err.contains("blocked"), "{err}");
-    assert!(err.contains("sent 5 files") && err.contains("1 failed"), "{err}");
+    assert!(
+        err.contains("ftpc: failed: ") && err.contains("blocked"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sent 5 files") && err.contains("1 failed"),
+        "{err}"
+    );
     for i in 0..5 {
         assert!(site.home().join(format!("tree/ok{i}")).is_file());
     }
@@ -407,7 +420,10 @@ fn an_answered_small_file_survives_a_server_kill() {
         let path = data.home(USER).join(format!("f{i}"));
         assert_eq!(fs::read(&path).unwrap(), bytes, "f{i}");
         let t = fs::metadata(&path).unwrap().modified().unwrap();
-        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000));
+        assert_eq!(
+            t,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+        );
     }
 }
 

@@ -9,8 +9,8 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -281,9 +281,10 @@ impl Jail {
                 let err = FsError::from_io(&e, target);
                 // What really landed is what the removal frees.
                 let landed = opened.file.metadata().map_or(0, |m| m.len());
-                let change = opened
-                    .change
-                    .and(Change::new(signed(usage::file_charge(landed) - usage::file_charge(0)), 0));
+                let change = opened.change.and(Change::new(
+                    signed(usage::file_charge(landed) - usage::file_charge(0)),
+                    0,
+                ));
                 drop(opened.file);
                 let removed = self.remove_partial(target).unwrap_or_default();
                 Err((err, change.and(removed)))

@@ -79,7 +79,12 @@ pub fn write_stamp_if_unchanged(file: &File, crc: u32, before: &Stat) {
     if let Ok(now) = rustix::fs::fstat(file)
         && stamp_bytes(0, &now)[4..] == stamp_bytes(0, before)[4..]
     {
-        let _ = rustix::fs::fsetxattr(file, CRC_XATTR, &stamp_bytes(crc, &now), XattrFlags::empty());
+        let _ = rustix::fs::fsetxattr(
+            file,
+            CRC_XATTR,
+            &stamp_bytes(crc, &now),
+            XattrFlags::empty(),
+        );
     }
 }
 
@@ -165,7 +170,11 @@ mod tests {
         f.write_all_at(b"jello", 0).unwrap();
         set_mtime(&f, 1_000_000_000).unwrap();
         let st = fstat(&f);
-        assert_eq!(read_stamp(&f, &st), None, "a stamp of another mtime was trusted");
+        assert_eq!(
+            read_stamp(&f, &st),
+            None,
+            "a stamp of another mtime was trusted"
+        );
         assert_eq!(crc_of_small(&f, &st).unwrap(), crc32fast::hash(b"jello"));
         // Recomputing stamped it afresh.
         assert_eq!(read_stamp(&f, &fstat(&f)), Some(crc32fast::hash(b"jello")));

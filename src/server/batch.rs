@@ -54,9 +54,15 @@ pub enum Item {
     /// A `Mkdir` that came among the files (a tree's next folder): it is
     /// done in its turn, so the files after it can land in it, without
     /// waiting for the batch before it to be answered.
-    Folder { path: VPath, reserved: u64 },
+    Folder {
+        path: VPath,
+        reserved: u64,
+    },
     /// Refused on arrival; answered in its turn.
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// How a small file ended up.
@@ -142,10 +148,7 @@ pub fn mkdir(st: &mut State, ctx: &mut Ctx, phase: Phase, path: &str) -> Phase {
             code: e.code,
             message: e.message,
         },
-        Some(Ok(path)) => match ctx
-            .accounts
-            .reserve_creation(st.user(), MKDIR_SLACK, 1)
-        {
+        Some(Ok(path)) => match ctx.accounts.reserve_creation(st.user(), MKDIR_SLACK, 1) {
             Ok(()) => Item::Folder {
                 path,
                 reserved: MKDIR_SLACK,
@@ -184,7 +187,8 @@ fn admit(
         return refused(FsError::new(ErrorCode::BadRequest, message));
     }
     if crc32fast::hash(data) != crc32 {
-        let message = format!("checksum mismatch: {path} was damaged in transit; nothing was saved");
+        let message =
+            format!("checksum mismatch: {path} was damaged in transit; nothing was saved");
         return refused(FsError::new(ErrorCode::CrcMismatch, message));
     }
     let user = login.user.clone();
@@ -243,7 +247,10 @@ pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
     let owner = user.clone();
     let job = move || {
         let results = store(&jail, items);
-        Step::Done(JobResult::SmallStored { user: owner, results })
+        Step::Done(JobResult::SmallStored {
+            user: owner,
+            results,
+        })
     };
     ctx.worker
         .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
@@ -329,7 +336,11 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
     // own sync (which also tells which folder failed).
     let together = folders.len() > 1 && rustix::fs::syncfs(&folders[0].1).is_ok();
     for (_, dir, files) in folders {
-        if let Err(e) = if together { Ok(()) } else { rustix::fs::fsync(&dir) } {
+        if let Err(e) = if together {
+            Ok(())
+        } else {
+            rustix::fs::fsync(&dir)
+        } {
             for i in files {
                 if let Stored::File { file, result, .. } = &mut out[i] {
                     let message = format!(
@@ -391,13 +402,7 @@ pub fn stored(
                 if !matches!(result, Ok(Kept::Unchanged)) {
                     let moved = if result.is_ok() { file.size } else { 0 };
                     transfer::log_transfer(
-                        st,
-                        "put",
-                        &file.path,
-                        moved,
-                        file.began,
-                        file.crc32,
-                        outcome,
+                        st, "put", &file.path, moved, file.began, file.crc32, outcome,
                     );
                 }
                 match &result {
@@ -476,7 +481,7 @@ pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
 
 /// The session ends with files still waiting: nothing of them is on disk
 /// yet, so only their reservations go back.
-pub fn abandon(ctx: &mut Ctx, user: &str, batches: Box<Batches>) {
+pub fn abandon(ctx: &mut Ctx, user: &str, batches: Batches) {
     for item in batches.filling {
         match item {
             Item::File(f) => settle(ctx, user, *f, Change::default()),
@@ -561,7 +566,12 @@ mod tests {
                 path: VPath::resolve(&VPath::root(), "/d1/new").unwrap(),
                 reserved: 0,
             },
-            item(&budget, "/d1/new/in-it", b"in a folder made in this batch", None),
+            item(
+                &budget,
+                "/d1/new/in-it",
+                b"in a folder made in this batch",
+                None,
+            ),
         ];
         let results = store(&jail, items);
         let (names, bytes, entries) = outcomes(&results);
@@ -585,7 +595,10 @@ mod tests {
         assert_eq!(std::fs::read(home.join("d1/a")).unwrap(), b"alpha");
         assert_eq!(std::fs::read(home.join("d1/c")).unwrap(), vec![7u8; 5000]);
         assert!(home.join("d2/b").is_file());
-        let mtime = std::fs::metadata(home.join("d1/a")).unwrap().modified().unwrap();
+        let mtime = std::fs::metadata(home.join("d1/a"))
+            .unwrap()
+            .modified()
+            .unwrap();
         assert_eq!(Some(mtime), crate::jail::stamp::system_time(t));
         let partials = std::fs::read_dir(home.join(crate::jail::PARTIAL_DIR)).unwrap();
         assert_eq!(partials.count(), 0, "partials left behind");

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use super::Config;
 use super::SERVER_JOB;
 use super::accounts::Accounts;
-use super::batch::{self, Batches};
 use super::accounts::OpenedHome;
 use super::accounts::open_home;
+use super::batch::{self, Batches};
 use super::fds::FdBudget;
 use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
@@ -287,9 +287,7 @@ impl State {
             | Phase::Receiving(_)
             | Phase::Discarding
             | Phase::Sending(_)
-            | Phase::Batch(_) => {
-                self.active + cfg.stall_timeout
-            }
+            | Phase::Batch(_) => self.active + cfg.stall_timeout,
         }
     }
 
@@ -1047,7 +1045,7 @@ pub fn abandon(st: &mut State, ctx: &mut Ctx) {
         Phase::Sending(down) => transfer::end_download(st, ctx, *down, "abandoned"),
         Phase::Batch(b) => {
             let user = st.user().to_owned();
-            batch::abandon(ctx, &user, b);
+            batch::abandon(ctx, &user, *b);
         }
         other => st.phase = other,
     }
