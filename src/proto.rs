@@ -51,9 +51,10 @@
 //! `PutSmall` frames are the one exception to "one request, then its
 //! reply": the server takes them in while earlier ones are still being
 //! stored, in batches of at most [`SMALL_BATCH_FILES`] files and
-//! [`SMALL_BATCH_BYTES`] bytes, one batch stored while the next fills.
-//! Any other request that follows waits (unread) until every earlier
-//! `PutSmall` has been answered, so replies always come in request order.
+//! [`SMALL_BATCH_BYTES`] bytes, two batches stored while the next fills.
+//! A `Mkdir` among them joins the batch (done in its turn). Any other
+//! request that follows waits (unread) until every earlier `PutSmall` has
+//! been answered, so replies always come in request order.
 //! Each answer means what `PutDone` means for a streamed upload: the file
 //! was verified, synced and published (or was already there, `Unchanged`).
 //!
@@ -103,21 +104,22 @@ pub const CHUNK_SIZE: usize = 128 * 1024;
 pub const SMALL_FILE_MAX: usize = CHUNK_SIZE - MAX_PATH_LEN;
 
 /// Small files a client keeps in flight on one connection (sent, not yet
-/// answered). The server holds at most two batches of
-/// [`SMALL_BATCH_FILES`] per connection, so this many are always taken in
-/// without waiting for the client to read a reply.
-pub const SMALL_FILES_IN_FLIGHT: usize = 2 * SMALL_BATCH_FILES;
+/// answered). The server holds at most three batches of
+/// [`SMALL_BATCH_FILES`] per connection (two being stored, one filling),
+/// so this many are always taken in without waiting for the client to
+/// read a reply.
+pub const SMALL_FILES_IN_FLIGHT: usize = 3 * SMALL_BATCH_FILES;
 
 /// Bytes of small-file data a client keeps in flight (see above).
-pub const SMALL_BYTES_IN_FLIGHT: usize = 2 * SMALL_BATCH_BYTES;
+pub const SMALL_BYTES_IN_FLIGHT: usize = 3 * SMALL_BATCH_BYTES;
 
 /// Most small files the server makes durable in one batch: one helper
 /// job writes them, syncs them and each folder once, then publishes them.
-pub const SMALL_BATCH_FILES: usize = 128;
+pub const SMALL_BATCH_FILES: usize = 64;
 
-/// Most bytes of small-file data in one batch. With one batch being
-/// stored and one filling, a connection holds at most twice this.
-pub const SMALL_BATCH_BYTES: usize = 512 * 1024;
+/// Most bytes of small-file data in one batch. With two batches being
+/// stored and one filling, a connection holds at most three times this.
+pub const SMALL_BATCH_BYTES: usize = 256 * 1024;
 
 /// Longest user name a client may send.
 pub const MAX_USER_LEN: usize = 32;

@@ -437,8 +437,9 @@ fn a_request_behind_small_files_is_answered_after_them() {
     let mut c = Raw::connect(server.addr);
     c.hello();
     assert!(matches!(c.login(USER, PW), Reply::LoginOk { .. }));
+    // Each of its own size, so the answers' order shows.
     for i in 0..150 {
-        let body = format!("file {i}");
+        let body = "x".repeat(i + 1);
         c.send(&Request::PutSmall {
             path: format!("s{i}"),
             mtime: None,
@@ -458,7 +459,7 @@ fn a_request_behind_small_files_is_answered_after_them() {
     });
     for i in 0..150 {
         match c.recv() {
-            Some(Reply::PutDone { .. }) => {}
+            Some(Reply::PutDone { size, .. }) => assert_eq!(size, i + 1, "answers out of order"),
             other => panic!("file {i}: expected PutDone, got {other:?}"),
         }
     }
@@ -467,7 +468,7 @@ fn a_request_behind_small_files_is_answered_after_them() {
         other => panic!("expected the CRC error, got {other:?}"),
     }
     match c.recv() {
-        Some(Reply::Entry(e)) => assert_eq!(e.size, "file 149".len() as u64),
+        Some(Reply::Entry(e)) => assert_eq!(e.size, 150),
         other => panic!("expected the Stat's Entry, got {other:?}"),
     }
     assert!(!data.home(USER).join("bad").exists());

@@ -4,18 +4,21 @@
 //! A client sends whole small files, one frame each, without waiting for
 //! answers. The reactor checks each one as it arrives (path, CRC32 of the
 //! data, busy, quota), reserves its space as a streamed upload would, and
-//! adds it to the batch that is filling. One batch at a time is stored by
-//! a helper job: each file written to its partial, then every file synced
-//! (one `syncfs` for the batch), then each published (renamed over its
-//! target), then the folders synced (one `syncfs`, or the one folder's
-//! `fsync`); only then does the reactor answer each file, in order. While a
-//! batch is stored the next one fills, up to [`SMALL_BATCH_FILES`] files
-//! and [`SMALL_BATCH_BYTES`] bytes; past that the connection's input is
-//! not read (backpressure), so a connection holds at most two batches.
+//! adds it to the batch that is filling. Each batch is stored by a
+//! helper job, two of a session's at once on two threads: each file
+//! written to its partial, then every file synced (one `syncfs` for the
+//! batch), then each published (renamed over its target), then the
+//! folders synced (one `syncfs`, or the one folder's `fsync`); only then
+//! does the reactor answer each file, in order (a batch that finishes
+//! first waits for the one before it). While batches are stored the next
+//! one fills, up to [`SMALL_BATCH_FILES`] files and [`SMALL_BATCH_BYTES`]
+//! bytes; past that the connection's input is not read (backpressure), so
+//! a connection holds at most three batches.
 //!
 //! A `Mkdir` among the files joins the batch too (done in its turn, before
 //! the files after it are published), so a tree's folders do not stall the
-//! stream. Any other request is left unread until every file before it
+//! stream; a batch that creates folders is stored alone, since later files
+//! may go in them. Any other request is left unread until every file before it
 //! has been answered, so replies keep the order of requests.
 
 use std::fs::File;
@@ -89,13 +92,32 @@ pub enum Stored {
     },
 }
 
-/// A session's small-file batches: the one filling and whether one is
-/// being stored.
+/// Batches of one session stored at once, on different helper threads
+/// (a user holds at most half of them anyway).
+const STORING_AT_ONCE: usize = 2;
+
+/// Longest error message in a batch's answers: with two batches answered
+/// at once, their replies must fit the send buffer beside what is queued
+/// (the client names its own file anyway).
+const BATCH_ERROR_MAX: usize = 256;
+
+/// A session's small-file batches: the one filling, those being stored,
+/// and results waiting for an earlier batch to be answered first.
 #[derive(Default)]
 pub struct Batches {
     filling: Vec<Item>,
     bytes: usize,
-    storing: bool,
+    /// The filling batch creates a folder.
+    filling_has_folder: bool,
+    /// Batches out on helper threads.
+    storing: usize,
+    /// A batch being stored creates folders: later batches may put files
+    /// in them, so none starts until it is done.
+    blocking: bool,
+    next_seq: u64,
+    next_answer: u64,
+    /// Stored batches (by sequence number) that wait for an earlier one.
+    finished: Vec<(u64, bool, Vec<Stored>)>,
 }
 
 impl Batches {
@@ -108,7 +130,7 @@ impl Batches {
 
     /// Whether a batch is being stored.
     pub fn storing(&self) -> bool {
-        self.storing
+        self.storing > 0
     }
 }
 
@@ -156,6 +178,7 @@ pub fn mkdir(st: &mut State, ctx: &mut Ctx, phase: Phase, path: &str) -> Phase {
             Err((code, message)) => Item::Refused { code, message },
         },
     };
+    batches.filling_has_folder |= matches!(item, Item::Folder { .. });
     batches.filling.push(item);
     Phase::Batch(batches)
 }
@@ -227,21 +250,27 @@ fn admit(
     }))
 }
 
-/// Starts storing the filling batch if none is being stored and the
-/// client reads its replies (`tx` holds fewer than `tx_high` bytes).
+/// Starts storing the filling batch if fewer than [`STORING_AT_ONCE`]
+/// are being stored, none of them creates folders, and the client reads
+/// its replies (`tx` holds fewer than `tx_high` bytes).
 pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
     let Phase::Batch(b) = &mut st.phase else {
         return;
     };
-    if b.storing || b.filling.is_empty() || tx.len() >= tx_high {
+    if b.storing >= STORING_AT_ONCE || b.blocking || b.filling.is_empty() || tx.len() >= tx_high
+    {
         return;
     }
     let Some(login) = st.login.as_ref() else {
         return;
     };
     let items = std::mem::take(&mut b.filling);
+    let folders = std::mem::take(&mut b.filling_has_folder);
     b.bytes = 0;
-    b.storing = true;
+    b.storing += 1;
+    b.blocking = folders;
+    let seq = b.next_seq;
+    b.next_seq += 1;
     let jail = Arc::clone(&login.jail);
     let user = login.user.clone();
     let owner = user.clone();
@@ -249,6 +278,8 @@ pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
         let results = store(&jail, items);
         Step::Done(JobResult::SmallStored {
             user: owner,
+            seq,
+            folders,
             results,
         })
     };
@@ -370,23 +401,57 @@ fn fail(jail: &Jail, stored: &mut Stored, error: impl FnOnce(&VPath) -> FsError)
     }
 }
 
-/// A batch was stored: settle each file's figures and answer each, in
-/// order. The session goes on with the next batch, if one is filling.
+/// A batch was stored: once every earlier batch is answered, settle each
+/// file's figures and answer each, in order. The session goes on while
+/// batches are filling or being stored.
 pub fn stored(
     st: &mut State,
     tx: &mut Buffer,
     ctx: &mut Ctx,
     mut batches: Box<Batches>,
-    results: Vec<Stored>,
+    (seq, folders, results): (u64, bool, Vec<Stored>),
 ) -> Phase {
+    batches.storing = batches.storing.saturating_sub(1);
+    if folders {
+        batches.blocking = false;
+    }
+    batches.finished.push((seq, folders, results));
+    while let Some(i) = batches
+        .finished
+        .iter()
+        .position(|(s, _, _)| *s == batches.next_answer)
+    {
+        let (_, _, results) = batches.finished.swap_remove(i);
+        answer(st, tx, ctx, results);
+        batches.next_answer += 1;
+    }
+    if batches.filling.is_empty() && batches.storing == 0 && batches.finished.is_empty() {
+        Phase::Ready
+    } else {
+        Phase::Batch(batches)
+    }
+}
+
+/// Answers the files of one stored batch, in order.
+fn answer(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, results: Vec<Stored>) {
+    let short = |m: &str| -> String {
+        if m.len() <= BATCH_ERROR_MAX {
+            return m.to_owned();
+        }
+        let mut end = BATCH_ERROR_MAX;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &m[..end])
+    };
     for stored in results {
         match stored {
-            Stored::Refused { code, message } => ctx.send_error(tx, code, &message),
+            Stored::Refused { code, message } => ctx.send_error(tx, code, &short(&message)),
             Stored::Folder { reserved, result } => {
                 let user = st.user().to_owned();
                 match settle_folder(ctx, &user, reserved, result) {
                     Ok(()) => ctx.send(tx, &Reply::Ok),
-                    Err(e) => ctx.send_error(tx, e.code, &e.message),
+                    Err(e) => ctx.send_error(tx, e.code, &short(&e.message)),
                 }
             }
             Stored::File {
@@ -425,19 +490,13 @@ pub fn stored(
                                 e.message
                             );
                         }
-                        ctx.send_error(tx, e.code, &e.message);
+                        ctx.send_error(tx, e.code, &short(&e.message));
                     }
                 }
                 let user = st.user().to_owned();
                 settle(ctx, &user, *file, change);
             }
         }
-    }
-    batches.storing = false;
-    if batches.filling.is_empty() {
-        Phase::Ready
-    } else {
-        Phase::Batch(batches)
     }
 }
 
@@ -479,9 +538,13 @@ pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
     }
 }
 
-/// The session ends with files still waiting: nothing of them is on disk
-/// yet, so only their reservations go back.
+/// The session ends with files still waiting: nothing of those filling is
+/// on disk yet, so only their reservations go back; those stored but not
+/// answered are settled.
 pub fn abandon(ctx: &mut Ctx, user: &str, batches: Batches) {
+    for (_, _, results) in batches.finished {
+        orphan_stored(ctx, user, results);
+    }
     for item in batches.filling {
         match item {
             Item::File(f) => settle(ctx, user, *f, Change::default()),

@@ -320,6 +320,10 @@ pub enum JobResult {
     /// A batch of small files was stored.
     SmallStored {
         user: String,
+        /// The batch's place in the session's order of batches.
+        seq: u64,
+        /// Whether it created folders.
+        folders: bool,
         results: Vec<batch::Stored>,
     },
     /// A bad or empty partial was deleted (a server job).
@@ -827,9 +831,17 @@ pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> u
 
 /// A disk job finished for this session.
 pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResult) {
-    if let JobResult::SmallStored { user, results } = result {
+    if let JobResult::SmallStored {
+        user,
+        seq,
+        folders,
+        results,
+    } = result
+    {
         st.phase = match std::mem::replace(&mut st.phase, Phase::Waiting) {
-            Phase::Batch(b) if b.storing() => batch::stored(st, tx, ctx, b, results),
+            Phase::Batch(b) if b.storing() => {
+                batch::stored(st, tx, ctx, b, (seq, folders, results))
+            }
             other => {
                 batch::orphan_stored(ctx, &user, results);
                 other
@@ -921,7 +933,9 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
         JobResult::Published(up, outcome) => transfer::settle_published(ctx, *up, outcome),
         JobResult::DownloadPrefix(down, _) => transfer::release_download(ctx, *down),
         JobResult::TargetChecked(opening, _) => transfer::orphan_check(ctx, *opening),
-        JobResult::SmallStored { user, results } => batch::orphan_stored(ctx, &user, results),
+        JobResult::SmallStored { user, results, .. } => {
+            batch::orphan_stored(ctx, &user, results)
+        }
         JobResult::PartialRemoved { user, path, result } => {
             transfer::partial_removed(ctx, &user, &path, result);
         }
