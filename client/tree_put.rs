@@ -65,11 +65,11 @@ pub fn put_tree(
         (1, _) => None,
         (_, t) => t,
     };
+    let tallies: Vec<Tally> = sources.iter().map(Source::tally).collect();
+    precheck_quota(conn, &sources, &tallies)?;
     if let Some(dir) = container {
         mkdir_p(conn, dir)?;
     }
-    let tallies: Vec<Tally> = sources.iter().map(Source::tally).collect();
-    precheck_quota(conn, &sources, &tallies)?;
     let mut job = Job {
         conn,
         report: TreeReport::start(Direction::Sent, quiet),
