@@ -226,6 +226,8 @@ fn main() {
             path: path("../../outside/evil"),
             size: 1,
             resume: false,
+            mtime: None,
+            crc32: None,
         },
         Request::PutFrom { offset: 0 },
         Request::Chunk(b"!"),
