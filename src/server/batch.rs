@@ -257,8 +257,7 @@ pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
     let Phase::Batch(b) = &mut st.phase else {
         return;
     };
-    if b.storing >= STORING_AT_ONCE || b.blocking || b.filling.is_empty() || tx.len() >= tx_high
-    {
+    if b.storing >= STORING_AT_ONCE || b.blocking || b.filling.is_empty() || tx.len() >= tx_high {
         return;
     }
     let Some(login) = st.login.as_ref() else {

@@ -933,9 +933,7 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
         JobResult::Published(up, outcome) => transfer::settle_published(ctx, *up, outcome),
         JobResult::DownloadPrefix(down, _) => transfer::release_download(ctx, *down),
         JobResult::TargetChecked(opening, _) => transfer::orphan_check(ctx, *opening),
-        JobResult::SmallStored { user, results, .. } => {
-            batch::orphan_stored(ctx, &user, results)
-        }
+        JobResult::SmallStored { user, results, .. } => batch::orphan_stored(ctx, &user, results),
         JobResult::PartialRemoved { user, path, result } => {
             transfer::partial_removed(ctx, &user, &path, result);
         }
