@@ -162,6 +162,8 @@ fn reply_name(reply: &ftpd::proto::Reply) -> &'static str {
         GetReady { .. } => "GetReady",
         Chunk(_) => "Chunk",
         GetDone { .. } => "GetDone",
+        ListPage { .. } => "ListPage",
+        Removing { .. } => "Removing",
     }
 }
 

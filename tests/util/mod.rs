@@ -486,6 +486,8 @@ pub fn own(reply: Reply) -> Reply<'static> {
         Reply::PutDone { size, crc32 } => Reply::PutDone { size, crc32 },
         Reply::GetReady { size, offset } => Reply::GetReady { size, offset },
         Reply::GetDone { crc32 } => Reply::GetDone { crc32 },
+        Reply::ListPage { next } => Reply::ListPage { next },
+        Reply::Removing { entries } => Reply::Removing { entries },
     }
 }
 
