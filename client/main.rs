@@ -29,12 +29,14 @@ mod commands;
 mod conn;
 mod display;
 mod error;
+mod glob;
+mod listing;
+mod local_dir;
 mod pace;
 mod progress;
 mod shell;
 mod transfer;
-// Used by get -r (next commits) and put -r (another branch).
-#[allow(dead_code)]
+mod tree_get;
 mod tree_report;
 
 use std::io::IsTerminal;
