@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -233,21 +236,33 @@ impl TestServer {
 
     /// The `ftpc` command, to adjust before running.
     pub fn ftpc_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(FTPC);
-        cmd.args([
-            "--server",
-            &self.addr.to_string(),
-            "--user",
-            user,
-            "--quiet",
-        ])
+        ftpc_cmd_to(self.addr, user, password, args)
+    }
+
+    /// The `ftpc` command without `--quiet`, so it prints its summary lines.
+    pub fn ftpc_cmd_loud(&self, user: &str, password: &str, args: &[&str]) -> Command {
+        ftpc_base(self.addr, user, password, false, args)
+    }
+}
+
+/// `ftpc --server ADDR --user USER --quiet ARGS...` for any server (a
+/// relay, a fake), with the password in the environment.
+pub fn ftpc_cmd_to(addr: SocketAddr, user: &str, password: &str, args: &[&str]) -> Command {
+    ftpc_base(addr, user, password, true, args)
+}
+
+fn ftpc_base(addr: SocketAddr, user: &str, password: &str, quiet: bool, args: &[&str]) -> Command {
+    let mut cmd = Command::new(FTPC);
+    cmd.args(["--server", &addr.to_string(), "--user", user])
+        .args(if quiet { &["--quiet"][..] } else { &[][..] })
         .args(args)
         .env("FTPC_PASSWORD", password)
         .env_remove("FTPC_SERVER")
         .env_remove("FTPC_USER");
-        cmd
-    }
+    cmd
+}
 
+impl TestServer {
     /// Runs ftpc and asserts success; returns stdout.
     pub fn ok(&self, user: &str, password: &str, args: &[&str]) -> String {
         let out = self.ftpc(user, password, args);
