@@ -20,3 +20,4 @@ mod quota;
 mod races;
 mod server_ops;
 mod transfer;
+mod tree_get;
