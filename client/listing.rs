@@ -16,9 +16,10 @@ pub const MAX_PAGES: u32 = 1000;
 /// Where a folder's next page starts (0: the first page).
 pub type PageStart = u64;
 
-/// Sends the request for one page of `path` from `from`.
+/// Sends (queues, as it may be pipelined) the request for one page of
+/// `path` from `from`.
 pub fn request_page(conn: &mut Conn, path: &str, from: PageStart) -> Result<(), Failure> {
-    conn.send(&Request::ListFrom {
+    conn.queue(&Request::ListFrom {
         path: path.into(),
         from,
     })

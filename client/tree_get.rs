@@ -321,7 +321,7 @@ impl<'a> Engine<'a> {
                             Plan::Resume { have, hasher, .. } => (*have, hasher.clone().finalize()),
                             Plan::Verify { have, crc, .. } => (*have, *crc),
                         };
-                        self.conn.send(&Request::GetStart {
+                        self.conn.queue(&Request::GetStart {
                             path: task.remote.clone(),
                             offset,
                             prefix_crc,
