@@ -144,6 +144,17 @@ impl LocalDir {
         Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
     }
 
+    /// Renames `from` to `to` only if nothing is at `to`: `Ok(false)` if
+    /// something is (or the file system cannot tell), and nothing moved.
+    pub fn rename_new(&self, from: &str, to: &str) -> io::Result<bool> {
+        let flags = rustix::fs::RenameFlags::NOREPLACE;
+        match rustix::fs::renameat_with(&self.fd, from, &self.fd, to, flags) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST | Errno::INVAL | Errno::NOSYS) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Notes that this run wrote the file or folder `st` under `name`;
     /// refuses it if this run had already written it under another name.
     pub fn claim(&self, st: &Stat, name: &str) -> io::Result<()> {

@@ -226,8 +226,9 @@ struct Task {
 
 /// What is already here of a file, decided before asking for it.
 enum Plan {
-    /// Nothing usable: fetch it whole into a new `.part`.
-    Fresh,
+    /// Nothing usable: fetch it whole into a new `.part`; `clean` when
+    /// neither the file nor a `.part` of it was there.
+    Fresh { clean: bool },
     /// A `.part` of `have` bytes to continue.
     Resume {
         file: File,
@@ -317,7 +318,7 @@ impl<'a> Engine<'a> {
                 Action::File(task) => match self.plan(&task) {
                     Ok(plan) => {
                         let (offset, prefix_crc) = match &plan {
-                            Plan::Fresh => (0, 0),
+                            Plan::Fresh { .. } => (0, 0),
                             Plan::Resume { have, hasher, .. } => (*have, hasher.clone().finalize()),
                             Plan::Verify { have, crc, .. } => (*have, *crc),
                         };
@@ -452,10 +453,10 @@ impl<'a> Engine<'a> {
     fn plan(&mut self, task: &Task) -> anyhow::Result<Plan> {
         let dir = &task.dir;
         let shown = || dir.show(&task.name).display().to_string();
-        if let Some(st) = dir
+        let existing = dir
             .lstat(&task.name)
-            .with_context(|| format!("cannot look at {}", shown()))?
-        {
+            .with_context(|| format!("cannot look at {}", shown()))?;
+        if let Some(st) = existing {
             if !LocalDir::is_regular(&st) {
                 return Err(dir.not_regular(&task.name).into());
             }
@@ -489,7 +490,10 @@ impl<'a> Engine<'a> {
                     .with_context(|| format!("cannot read {}", dir.show(&part).display()))?;
                 Ok(Plan::Resume { file, have, hasher })
             }
-            _ => Ok(Plan::Fresh),
+            Some(_) => Ok(Plan::Fresh { clean: false }),
+            None => Ok(Plan::Fresh {
+                clean: existing.is_none(),
+            }),
         }
     }
 
@@ -546,8 +550,9 @@ impl<'a> Engine<'a> {
             Reply::GetReady { size, offset } => (size, offset),
             other => return Err(Failure::unexpected("GetReady", &other).into()),
         };
+        let clean = matches!(plan, Plan::Fresh { clean: true });
         let have = match &plan {
-            Plan::Fresh => 0,
+            Plan::Fresh { .. } => 0,
             Plan::Resume { have, .. } | Plan::Verify { have, .. } => *have,
         };
         if offset > size || (offset != 0 && offset != have) {
@@ -581,7 +586,15 @@ impl<'a> Engine<'a> {
                     .with_context(|| format!("cannot truncate {shown_part}"))?;
                 (file, Hasher::new())
             }
-            Plan::Verify { .. } | Plan::Fresh => (self.new_part(&dir, &part)?, Hasher::new()),
+            Plan::Fresh { clean: true } => {
+                let file = dir
+                    .create_new(&part)
+                    .with_context(|| format!("cannot create {shown_part}"))?;
+                (file, Hasher::new())
+            }
+            Plan::Verify { .. } | Plan::Fresh { .. } => {
+                (self.new_part(&dir, &part)?, Hasher::new())
+            }
         };
         let failed = format!("cannot write {shown_part}");
         let sink = Sink {
@@ -605,22 +618,27 @@ impl<'a> Engine<'a> {
         }
         file.sync_all()
             .with_context(|| format!("cannot sync {shown_part}"))?;
-        if let Some(st) = dir.lstat(&task.name)? {
-            if dir.written(&st) {
-                drop(file);
-                let _ = dir.remove(&part);
-                return Err(dir.collision(&task.name).into());
-            }
-            if !LocalDir::is_regular(&st) {
-                return Err(dir.not_regular(&task.name).into());
-            }
-        }
-        dir.rename(&part, &task.name).with_context(|| {
+        let renamed = || {
             format!(
                 "cannot rename {shown_part} to {}",
                 dir.show(&task.name).display()
             )
-        })?;
+        };
+        // Nothing was there when asked for (the common case): one call
+        // that cannot replace anything. Otherwise look first.
+        if !(clean && dir.rename_new(&part, &task.name).with_context(renamed)?) {
+            if let Some(st) = dir.lstat(&task.name)? {
+                if dir.written(&st) {
+                    drop(file);
+                    let _ = dir.remove(&part);
+                    return Err(dir.collision(&task.name).into());
+                }
+                if !LocalDir::is_regular(&st) {
+                    return Err(dir.not_regular(&task.name).into());
+                }
+            }
+            dir.rename(&part, &task.name).with_context(renamed)?;
+        }
         let st = rustix::fs::fstat(&file)?;
         dir.claim(&st, &task.name)?;
         set_mtime(&file, task.mtime);
