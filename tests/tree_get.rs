@@ -460,3 +460,86 @@ fn hostile_names_never_write_outside_the_target() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn get_starts_pipelined_behind_a_streaming_download_are_answered_in_order() {
+    let env = Env::new();
+    let home = env.home();
+    make_file(&home.join("big"), 4 * 1024 * 1024 + 3, 1);
+    let mut names = vec!["big".to_owned()];
+    for i in 0..20 {
+        make_file(&home.join(format!("s{i}")), 1000 + i, i as u64);
+        names.push(format!("s{i}"));
+    }
+    let mut raw = util::Raw::connect(env.server.addr);
+    raw.hello();
+    assert!(matches!(
+        raw.login("alice", PW),
+        ftpd::proto::Reply::LoginOk { .. }
+    ));
+    // Every request in one write: all but the first arrive while the big
+    // file streams.
+    let mut bytes = Vec::new();
+    for name in &names {
+        let req = ftpd::proto::Request::GetStart {
+            path: name.clone(),
+            offset: 0,
+            prefix_crc: 0,
+        };
+        bytes.extend(ftpd::frame::encode(&req).unwrap());
+    }
+    raw.send_raw(&bytes).unwrap();
+    for name in &names {
+        let want = fs::read(home.join(name)).unwrap();
+        match raw.recv() {
+            Some(ftpd::proto::Reply::GetReady { size, offset: 0 }) => {
+                assert_eq!(size, want.len() as u64, "{name}")
+            }
+            other => panic!("{name}: expected GetReady, got {other:?}"),
+        }
+        let mut got = Vec::new();
+        loop {
+            match raw.recv() {
+                Some(ftpd::proto::Reply::Chunk(data)) => got.extend_from_slice(data),
+                Some(ftpd::proto::Reply::GetDone { crc32 }) => {
+                    assert_eq!(crc32, crc32fast::hash(&want), "{name}");
+                    break;
+                }
+                other => panic!("{name}: expected Chunk or GetDone, got {other:?}"),
+            }
+        }
+        assert!(got == want, "{name}: the bytes differ");
+    }
+}
+
+#[test]
+fn a_long_removal_reports_progress_then_ok() {
+    let env = Env::new();
+    let top = env.home().join("many");
+    fs::create_dir(&top).unwrap();
+    for i in 0..2000 {
+        fs::File::create(top.join(format!("f{i}"))).unwrap();
+    }
+    let mut raw = util::Raw::connect(env.server.addr);
+    raw.hello();
+    raw.login("alice", PW);
+    raw.send(&ftpd::proto::Request::RemoveTree {
+        path: "/many".into(),
+    });
+    let mut progress = Vec::new();
+    loop {
+        match raw.recv() {
+            Some(ftpd::proto::Reply::Removing { entries }) => progress.push(entries),
+            Some(ftpd::proto::Reply::Ok) => break,
+            other => panic!("expected Removing or Ok, got {other:?}"),
+        }
+    }
+    assert!(!progress.is_empty(), "no progress for 2001 entries");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert!(!top.exists());
+    // The session goes on.
+    assert!(matches!(
+        raw.call(&ftpd::proto::Request::Ping),
+        ftpd::proto::Reply::Pong
+    ));
+}
