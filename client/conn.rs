@@ -151,7 +151,8 @@ impl Conn {
 
     /// Logs in as `user` with SCRAM: proves we know the password without
     /// sending it, and makes the server prove it knows the password's key.
-    pub fn login(&mut self, user: &str, password: &[u8]) -> Result<(), Failure> {
+    /// Returns a note for the user when it pinned the server's key.
+    pub fn login(&mut self, user: &str, password: &[u8]) -> Result<Option<String>, Failure> {
         let failed = |m: &str| Failure::Login(format!("login failed for {}: {m}", sanitize(user)));
         let login_error = |e: Failure| match e {
             Failure::Refused { code, message } => match code {
@@ -191,36 +192,39 @@ impl Conn {
                 waiting
                     .on_success(&server_signature)
                     .map_err(client_login_failure)?;
-                self.pin_if_new();
-                Ok(())
+                Ok(self.pin_if_new())
             }
             other => Err(Failure::unexpected("LoginOk", &other)),
         }
     }
 
     /// Pins a key accepted on first contact, now that the server proved
-    /// over this very channel that it holds the user's `ServerKey`. A pin
-    /// that cannot be written costs only a question next time.
-    fn pin_if_new(&mut self) {
+    /// over this very channel that it holds the user's `ServerKey`. Says
+    /// what it did, as a note for the user; a pin that cannot be written
+    /// costs only a question next time.
+    fn pin_if_new(&mut self) -> Option<String> {
         let (Security::Tls(policy), Some(secured)) = (&self.security, self.stream.secured())
         else {
-            return;
+            return None;
         };
         if !secured.trusted.to_pin() {
-            return;
+            return None;
         }
-        match policy.known_hosts.pin(&policy.host_port, &secured.fingerprint) {
-            Ok(()) => eprintln!(
-                "ftpc: pinned the key {} for {} in {}",
-                secured.fingerprint,
-                policy.host_port,
-                policy.known_hosts.path.display()
-            ),
-            Err(e) => eprintln!(
-                "ftpc: warning: cannot pin the server's key in {}: {e}",
-                policy.known_hosts.path.display()
-            ),
+        let file = policy.known_hosts.path.display();
+        if let Ok(Some((pinned, _))) = policy.known_hosts.lookup(&policy.host_port)
+            && pinned == secured.fingerprint
+        {
+            return None;
         }
+        Some(
+            match policy.known_hosts.pin(&policy.host_port, &secured.fingerprint) {
+                Ok(()) => format!(
+                    "pinned the key {} for {} in {file}",
+                    secured.fingerprint, policy.host_port
+                ),
+                Err(e) => format!("warning: cannot pin the server's key in {file}: {e}"),
+            },
+        )
     }
 
     /// What protects the connection, for `ping`: the TLS version, cipher

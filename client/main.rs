@@ -127,7 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
     let mut conn = trust::connect(&cli.server, timeout, &cli.trust)?;
-    conn.login(user, password.as_bytes())?;
+    if let Some(note) = conn.login(user, password.as_bytes())? {
+        progress::note(cli.quiet, &note);
+    }
     drop(password);
     match command {
         TopCommand::Shell => shell::run(conn, user, &cli.server, cli.quiet),

@@ -188,6 +188,7 @@ fn ftpc(addr: SocketAddr, user: &str, cwd: &Path, args: &[&str]) -> Output {
 fn ftpc_cmd(addr: SocketAddr, user: &str, cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(FTPC);
     cmd.args(["--server", &addr.to_string(), "--user", user, "--quiet"])
+        .args(crate::util::TRUST_FIRST_CONTACT)
         .args(args)
         .env("FTPC_PASSWORD", password(user))
         .env_remove("FTPC_SERVER")
@@ -1542,6 +1543,7 @@ fn login_timing_does_not_tell_unknown_users_from_wrong_passwords() {
             server_nonce: &server_nonce,
             salt: &salt,
             kdf,
+            channel_binding: c.channel_binding().as_ref(),
         }
         .auth_message();
         let proof = Request::LoginProof {

@@ -19,4 +19,5 @@ mod protocol;
 mod quota;
 mod races;
 mod server_ops;
+mod tls;
 mod transfer;

@@ -147,6 +147,7 @@ fn challenge_and_proof(c: &mut Raw, user: &str, password: &str) -> Vec<u8> {
         server_nonce: &server_nonce,
         salt: &salt,
         kdf,
+        channel_binding: c.channel_binding().as_ref(),
     }
     .auth_message();
     scram::client_proof(&keys, &auth).to_vec()

@@ -93,6 +93,7 @@ fn login_with_nonce(
         server_nonce,
         salt,
         kdf: *kdf,
+        channel_binding: c.channel_binding().as_ref(),
     }
     .auth_message();
     let proof = scram::client_proof(&keys, &auth).to_vec();
@@ -206,6 +207,7 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
         server_nonce,
         salt,
         kdf: *kdf,
+        channel_binding: alice.channel_binding().as_ref(),
     }
     .auth_message();
     let mut slow = Raw::connect(server.addr);

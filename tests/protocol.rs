@@ -22,6 +22,7 @@ fn ping_round_trip_with_ftpc() {
     let server = TestServer::start(&data, &[]);
     let out = std::process::Command::new(crate::util::FTPC)
         .args(["--server", &server.addr.to_string(), "ping"])
+        .args(server.trust_args())
         .output()
         .expect("ftpc");
     crate::util::assert_success(&out, "ftpc ping");

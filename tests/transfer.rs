@@ -73,7 +73,8 @@ impl Env {
     fn cmd_in(&self, dir: &Path, addr: SocketAddr, quiet: bool, args: &[&str]) -> Command {
         let mut cmd = Command::new(FTPC);
         cmd.current_dir(dir)
-            .args(["--server", &addr.to_string(), "--user", USER]);
+            .args(["--server", &addr.to_string(), "--user", USER])
+            .args(crate::util::TRUST_FIRST_CONTACT);
         if quiet {
             cmd.arg("--quiet");
         }

@@ -14,6 +14,8 @@ use ftpd::frame;
 use ftpd::proto::{MAGIC, NONCE_LEN, PROTOCOL_VERSION, Reply, Request};
 use ftpd::scram;
 
+pub mod tls;
+
 pub const FTPD: &str = env!("CARGO_BIN_EXE_ftpd");
 pub const FTPC: &str = env!("CARGO_BIN_EXE_ftpc");
 
@@ -130,6 +132,10 @@ pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
     log: mpsc::Receiver<String>,
+    /// The server's TLS key fingerprint; `None` when it runs `--plaintext`.
+    pub fingerprint: Option<String>,
+    /// The clients' own folder (their known-hosts file), per server.
+    pub client_dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -166,9 +172,13 @@ impl TestServer {
             for _ in lines {} // keep draining so the pipe never fills
         });
         let (log_tx, log_rx) = mpsc::channel();
+        let (fp_tx, fp_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[ftpd] {line}");
+                if let Some((_, fp)) = line.split_once("TLS key fingerprint ") {
+                    let _ = fp_tx.send(fp.trim().to_owned());
+                }
                 let _ = log_tx.send(line);
             }
         });
@@ -180,10 +190,54 @@ impl TestServer {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .expect("address");
+        let fingerprint = (!extra.contains(&"--plaintext")).then(|| {
+            fp_rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("ftpd did not log its TLS key fingerprint")
+        });
+        let client_dir = tempfile::tempdir().expect("tempdir");
+        if let Some(fp) = &fingerprint {
+            // Clients trust the server by a pin, as after a first contact.
+            std::fs::write(client_dir.path().join("known_hosts"), format!("{addr} {fp}\n"))
+                .expect("write the pin");
+        }
         TestServer {
             child,
             addr,
             log: log_rx,
+            fingerprint,
+            client_dir,
+        }
+    }
+
+    /// Whether the server speaks TLS (it does unless started `--plaintext`).
+    pub fn tls(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+
+    /// The flags that make ftpc trust this server: a known-hosts file of
+    /// the test's own that pins its key, or `--plaintext`.
+    pub fn trust_args(&self) -> Vec<String> {
+        match &self.fingerprint {
+            Some(_) => vec![
+                "--known-hosts".into(),
+                self.known_hosts().display().to_string(),
+            ],
+            None => vec!["--plaintext".into()],
+        }
+    }
+
+    /// The known-hosts file the test's clients use, pinning this server.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.client_dir.path().join("known_hosts")
+    }
+
+    /// A raw protocol session, over TLS unless the server runs plaintext.
+    pub fn raw(&self) -> Raw {
+        if self.tls() {
+            Raw::connect(self.addr)
+        } else {
+            Raw::connect_plain(self.addr)
         }
     }
 
@@ -241,10 +295,10 @@ impl TestServer {
             user,
             "--quiet",
         ])
+        .args(self.trust_args())
         .args(args)
-        .env("FTPC_PASSWORD", password)
-        .env_remove("FTPC_SERVER")
-        .env_remove("FTPC_USER");
+        .env("FTPC_PASSWORD", password);
+        clean_client_env(&mut cmd);
         cmd
     }
 
@@ -268,9 +322,32 @@ impl Drop for TestServer {
     }
 }
 
-/// A protocol client on a plain blocking socket.
+/// ftpc flags for a client that reaches a TLS server through an address the
+/// helpers do not know (a relay, a server started by hand): trust the key
+/// on first contact and remember nothing. Tests of trust itself are in
+/// `tls.rs`.
+pub const TRUST_FIRST_CONTACT: [&str; 3] = ["--accept-new", "--known-hosts", "/dev/null"];
+
+/// Removes the environment that would change how ftpc connects.
+pub fn clean_client_env(cmd: &mut Command) {
+    for var in [
+        "FTPC_SERVER",
+        "FTPC_USER",
+        "FTPC_FINGERPRINT",
+        "FTPC_KNOWN_HOSTS",
+        "FTPC_ACCEPT_NEW",
+        "FTPC_PLAINTEXT",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
+/// A protocol client on a blocking socket, over TLS (trusting any server
+/// key: these tests are about the server) or in clear.
 pub struct Raw {
+    /// The TCP socket, for socket options; bytes go through `send_raw`.
     pub stream: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
     rx: Vec<u8>,
 }
 
@@ -287,38 +364,72 @@ impl Raw {
         let fd = rustix::net::socket(family, SocketType::STREAM, None).expect("socket");
         sockopt::set_socket_recv_buffer_size(&fd, 1024).expect("SO_RCVBUF");
         rustix::net::connect(&fd, &addr).expect("connect");
-        let stream = TcpStream::from(fd);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Raw {
-            stream,
-            rx: Vec::new(),
-        }
+        Raw::from_stream(TcpStream::from(fd))
     }
 
+    /// A TLS session with the server at `addr`.
     pub fn connect(addr: SocketAddr) -> Raw {
         Raw::from_stream(TcpStream::connect(addr).expect("connect"))
     }
 
-    /// A protocol client on a stream connected some other way.
+    /// A session in clear, for a `--plaintext` server.
+    pub fn connect_plain(addr: SocketAddr) -> Raw {
+        Raw::from_stream_plain(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A TLS session on a stream connected some other way.
     pub fn from_stream(stream: TcpStream) -> Raw {
+        let mut raw = Raw::from_stream_plain(stream);
+        let mut conn = tls::client().expect("TLS client");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut raw.stream).expect("TLS handshake");
+        }
+        raw.tls = Some(Box::new(conn));
+        raw
+    }
+
+    /// A session in clear on a stream connected some other way.
+    pub fn from_stream_plain(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         Raw {
             stream,
+            tls: None,
             rx: Vec::new(),
         }
     }
 
-    pub fn send(&mut self, req: &Request) {
-        let bytes = frame::encode(req).expect("encode");
-        self.stream.write_all(&bytes).expect("send");
+    /// The channel binding the login signs; `None` in clear.
+    pub fn channel_binding(&self) -> Option<ftpd::tls::ChannelBinding> {
+        self.tls
+            .as_ref()
+            .map(|c| ftpd::tls::channel_binding(&***c).expect("channel binding"))
     }
 
+    pub fn send(&mut self, req: &Request) {
+        let bytes = frame::encode(req).expect("encode");
+        self.send_raw(&bytes).expect("send");
+    }
+
+    /// Sends bytes as they are (inside TLS when the session has it).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        match &mut self.tls {
+            None => self.stream.write_all(bytes),
+            Some(conn) => {
+                let mut io = rustls::Stream::new(&mut **conn, &mut self.stream);
+                io.write_all(bytes)?;
+                io.flush()
+            }
+        }
+    }
+
+    /// Reads what arrives (decrypted when the session has TLS).
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.stream).read(buf),
+        }
     }
 
     /// The next reply, owned; None when the server closed the connection.
@@ -334,10 +445,12 @@ impl Raw {
                 Err(e) => panic!("bad frame from server: {e}"),
             }
             let mut buf = [0u8; 64 * 1024];
-            match self.stream.read(&mut buf) {
+            match self.read_some(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => self.rx.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                // The server ended TLS without close_notify: closed, too.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -348,7 +461,7 @@ impl Raw {
         self.stream.set_nonblocking(true).expect("nonblocking");
         let mut buf = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut buf) {
+            match self.read_some(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => self.rx.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -409,12 +522,14 @@ impl Raw {
             return (challenge.clone(), challenge, Vec::new());
         };
         let keys = scram::client_keys(password.as_bytes(), salt, kdf).expect("kdf");
+        let binding = self.channel_binding();
         let auth = scram::Transcript {
             user,
             client_nonce: &nonce,
             server_nonce,
             salt,
             kdf: *kdf,
+            channel_binding: binding.as_ref(),
         }
         .auth_message();
         let proof = scram::client_proof(&keys, &auth).to_vec();
