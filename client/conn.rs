@@ -203,8 +203,7 @@ impl Conn {
     /// what it did, as a note for the user; a pin that cannot be written
     /// costs only a question next time.
     fn pin_if_new(&mut self) -> Option<String> {
-        let (Security::Tls(policy), Some(secured)) = (&self.security, self.stream.secured())
-        else {
+        let (Security::Tls(policy), Some(secured)) = (&self.security, self.stream.secured()) else {
             return None;
         };
         if !secured.trusted.to_pin() {
@@ -217,7 +216,10 @@ impl Conn {
             return None;
         }
         Some(
-            match policy.known_hosts.pin(&policy.host_port, &secured.fingerprint) {
+            match policy
+                .known_hosts
+                .pin(&policy.host_port, &secured.fingerprint)
+            {
                 Ok(()) => format!(
                     "pinned the key {} for {} in {file}",
                     secured.fingerprint, policy.host_port

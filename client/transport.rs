@@ -193,7 +193,13 @@ fn explain(e: &io::Error, addr: &str, outcome: Option<Outcome>, seen: &[u8]) -> 
     if seen.first().is_some_and(|&b| b != TLS_HANDSHAKE_RECORD) {
         // Not TLS: perhaps one of our frames, sent in clear.
         return match frame::decode::<Reply>(seen) {
-            Ok(Some((Reply::Error { code: ErrorCode::NoTls, .. }, _))) => Failure::Link(format!(
+            Ok(Some((
+                Reply::Error {
+                    code: ErrorCode::NoTls,
+                    ..
+                },
+                _,
+            ))) => Failure::Link(format!(
                 "the server at {addr} does not speak TLS (it runs with --plaintext); \
                  --plaintext is for trusted links only"
             )),

@@ -8,7 +8,7 @@ pub mod jail;
 pub mod proto;
 pub mod scram;
 pub mod server;
-pub mod tls;
 pub mod size;
+pub mod tls;
 pub mod usage;
 pub mod users;

@@ -107,10 +107,20 @@ struct ServeArgs {
     log_level: Level,
     /// Serve this certificate chain (PEM) instead of the self-signed one
     /// made in the data folder; SIGHUP reloads it.
-    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "plaintext")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "plaintext"
+    )]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert", conflicts_with = "plaintext")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "plaintext"
+    )]
     tls_key: Option<PathBuf>,
     /// Speak without TLS: nothing is encrypted. Only for a link that is
     /// already private (a VPN, an SSH tunnel) and for benchmarks; clients

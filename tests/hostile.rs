@@ -738,7 +738,8 @@ fn hostile_server_name_entry_and_error_message_are_printed_safely() {
     fake.finish();
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     assert!(unsafe_bytes(&run.stdout).is_empty(), "{:?}", run.stdout());
-    assert_eq!(run.stdout().lines().count(), 1, "{:?}", run.stdout());
+    // The server's line, then the transport's ("plaintext" here).
+    assert_eq!(run.stdout().lines().count(), 2, "{:?}", run.stdout());
 
     // `stat` prints one entry's name.
     let fake = Fake::start(move |peer| {

@@ -164,7 +164,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
     data.add_user("alice", "old-pw", None);
     data.add_user("carol", "carol-pw", None);
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let proof = challenge_and_proof(&mut c, "alice", "old-pw");
 
@@ -179,7 +179,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::AuthFailed),
         other => panic!("the old password still logs in: {other:?}"),
     }
-    let mut fresh = Raw::connect(server.addr);
+    let mut fresh = server.raw();
     fresh.hello();
     assert!(matches!(
         fresh.login("alice", "new-pw"),
@@ -187,7 +187,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
     ));
 
     // The same for a user deleted between challenge and proof.
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let proof = challenge_and_proof(&mut c, "carol", "carol-pw");
     assert_success(

@@ -146,10 +146,7 @@ fn accept_new_pins_an_unknown_key_on_first_contact() {
     util::assert_success(&out, "ls --accept-new");
     let pins = std::fs::read_to_string(hosts.path()).expect("pinned");
     assert!(pins.contains(&fp), "{pins}");
-    util::assert_success(
-        &ftpc_bare(&addr, &hosts.path(), &["ls"]),
-        "ls with the pin",
-    );
+    util::assert_success(&ftpc_bare(&addr, &hosts.path(), &["ls"]), "ls with the pin");
 }
 
 #[test]
@@ -203,7 +200,6 @@ fn read_frame(r: &mut impl Read) -> Option<Vec<u8>> {
     Some(whole)
 }
 
-
 /// A man in the middle with a key of its own: terminates the client's
 /// TLS, opens its own TLS to the server, and relays frames one request and
 /// one reply at a time. With `fake_ok`, it answers the proof itself with
@@ -248,7 +244,11 @@ fn mitm(server: std::net::SocketAddr, fake_ok: bool) -> (String, String, Arc<Mut
                 note(format!("after login: {:?}", upstream.call(&Request::Pwd)));
             }
             let bytes = frame::encode(&reply).expect("encode");
-            if client.write_all(&bytes).and_then(|()| client.flush()).is_err() {
+            if client
+                .write_all(&bytes)
+                .and_then(|()| client.flush())
+                .is_err()
+            {
                 break;
             }
         }
@@ -305,7 +305,10 @@ fn recording_relay(server: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<u8>>>
                 return;
             };
             for (mut from, mut to) in [
-                (client.try_clone().expect("clone"), upstream.try_clone().expect("clone")),
+                (
+                    client.try_clone().expect("clone"),
+                    upstream.try_clone().expect("clone"),
+                ),
                 (upstream, client),
             ] {
                 let tape = Arc::clone(&recorded);
@@ -337,11 +340,7 @@ fn a_recording_relay_sees_no_contents_no_names_and_no_password() {
     std::fs::write(dir.path().join(name), &content).expect("write");
     let local = dir.path().join(name);
     let local = local.to_str().expect("utf-8");
-    for args in [
-        vec!["put", local],
-        vec!["ls"],
-        vec!["get", name, "-"],
-    ] {
+    for args in [vec!["put", local], vec!["ls"], vec!["get", name, "-"]] {
         let mut all = vec!["--fingerprint", fp.as_str()];
         all.extend(args.iter().copied());
         let out = ftpc_bare(&relay, &hosts.path(), &all);
@@ -379,7 +378,9 @@ fn garbage_stalled_and_flooding_handshakes_leave_others_served() {
     garbage.write_all(&[0xAB; 64]).expect("more garbage");
     // A ClientHello cut short: the handshake stalls.
     let mut stalled = TcpStream::connect(server.addr).expect("connect");
-    stalled.write_all(&[0x16, 3, 1, 2, 0, 1, 0, 1, 252]).expect("half a hello");
+    stalled
+        .write_all(&[0x16, 3, 1, 2, 0, 1, 0, 1, 252])
+        .expect("half a hello");
     // A flood of handshakes from other addresses, never finished.
     let flood: Vec<TcpStream> = (0..300)
         .filter_map(|i| {
@@ -400,14 +401,21 @@ fn garbage_stalled_and_flooding_handshakes_leave_others_served() {
         .expect("timeout");
     let mut buf = [0u8; 256];
     let answered = garbage.read(&mut buf).unwrap_or(0);
-    assert!(answered == 0 || buf[0] == 0x15, "expected an alert or EOF: {:?}", &buf[..answered]);
+    assert!(
+        answered == 0 || buf[0] == 0x15,
+        "expected an alert or EOF: {:?}",
+        &buf[..answered]
+    );
     // The stalled handshake is closed by the login time-out.
     stalled
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let started = Instant::now();
     let _ = stalled.read(&mut buf);
-    assert!(started.elapsed() < Duration::from_secs(9), "stalled handshake kept open");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "stalled handshake kept open"
+    );
     assert!(ping_ok(&server) < Duration::from_secs(5));
 }
 

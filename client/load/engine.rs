@@ -388,7 +388,9 @@ impl Engine {
         };
         let generation = self.next_generation;
         let started = link
-            .and_then(|link| Session::connect(self.addr, link, key, g, index, user, generation, now))
+            .and_then(|link| {
+                Session::connect(self.addr, link, (key, generation), g, index, user, now)
+            })
             .and_then(|mut s| {
                 self.poll.registry().register(
                     s.stream_mut(),

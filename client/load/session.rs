@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use ftpd::buf::{Buffer, Io};
 use ftpd::frame::{self, CHUNK_HEADER_MAX, HEADER_LEN, chunk_header};
 use ftpd::proto::{
-    CHUNK_SIZE, EntryKind, ErrorCode, KdfParams, MAGIC, MAX_FRAME, PROTOCOL_VERSION,
-    Reply, Request,
+    CHUNK_SIZE, EntryKind, ErrorCode, KdfParams, MAGIC, MAX_FRAME, PROTOCOL_VERSION, Reply, Request,
 };
 use ftpd::scram::{AwaitingOk, ClientLogin};
 use ftpd::tls::ChannelBinding;
@@ -50,8 +49,6 @@ const TX_CAP: usize = 64 * 1024;
 
 /// Bytes one session may move in one turn before the others get theirs.
 const TURN_BUDGET: usize = 512 * 1024;
-
-/// Shortest server nonce accepted (as `ftpc` does).
 
 /// Downloads bigger than this keep their receive buffer between reads,
 /// instead of giving it back each time it empties; small ones do not, so
@@ -301,15 +298,15 @@ pub struct State {
 }
 
 impl Session {
-    /// Starts a nonblocking connect to `addr`.
+    /// Starts a nonblocking connect to `addr`; `slot` is the session's
+    /// slab key and generation.
     pub fn connect(
         addr: SocketAddr,
         link: Link,
-        key: usize,
+        (key, generation): (usize, u64),
         group: usize,
         index: u64,
         user: usize,
-        generation: u64,
         now: Instant,
     ) -> io::Result<Session> {
         let stream = TcpStream::connect(addr)?;
@@ -365,7 +362,10 @@ impl Session {
                 return Ok(flow);
             }
             if let Some(at) = self.st.connected_at.filter(|_| self.st.encrypted()) {
-                cx.groups[self.st.group].stats.handshake.record(at.elapsed());
+                cx.groups[self.st.group]
+                    .stats
+                    .handshake
+                    .record(at.elapsed());
             }
             self.st.start_op(cx)?;
         }

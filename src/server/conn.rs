@@ -130,7 +130,11 @@ fn handle_frames(
             && matches!(st.phase, Phase::Hello)
             && src.data().first() == Some(&TLS_HANDSHAKE_RECORD)
         {
-            crate::log!(Info, "{}: a TLS client, but this server runs with --plaintext", st.peer);
+            crate::log!(
+                Info,
+                "{}: a TLS client, but this server runs with --plaintext",
+                st.peer
+            );
             let message = "this server does not speak TLS (it runs with --plaintext); \
                            --plaintext is for trusted links only";
             st.phase = session::refuse(st, tx, ctx, ErrorCode::NoTls, message);
@@ -329,6 +333,9 @@ impl Conn {
         let limits = Limits::of(&self.st);
         self.tx.set_cap(limits.tx_cap);
         self.rx.set_cap(limits.rx);
+        // Records rustls holds come on top of `tx`, which is where the
+        // backpressure looks: keep them to the phase's reply mark.
+        self.link.set_send_limit(limits.tx_high);
         let transferring = self.st.phase.is_transfer();
         self.tx.set_keep(transferring);
         self.rx.set_keep(transferring);
@@ -413,10 +420,16 @@ impl Conn {
     /// speaks in clear to this TLS server is told so, in clear (it could
     /// not read anything else, and the message holds no secret).
     fn read_failed(&mut self, e: &io::Error) -> Drive {
-        let link_error = e.get_ref().and_then(|inner| inner.downcast_ref::<LinkError>());
+        let link_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<LinkError>());
         match link_error {
             Some(LinkError::NotTls(_)) => {
-                crate::log!(Info, "{}: a client without TLS; told it TLS is required", self.st.peer);
+                crate::log!(
+                    Info,
+                    "{}: a client without TLS; told it TLS is required",
+                    self.st.peer
+                );
                 let reply = Reply::Error {
                     code: ErrorCode::TlsRequired,
                     message: "this server speaks only TLS; connect without --plaintext".into(),

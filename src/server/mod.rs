@@ -136,7 +136,10 @@ impl Server {
                 Some(identity.config)
             }
             None => {
-                log!(Warn, "--plaintext: sessions are NOT encrypted; use only on a trusted link");
+                log!(
+                    Warn,
+                    "--plaintext: sessions are NOT encrypted; use only on a trusted link"
+                );
                 None
             }
         };
@@ -482,10 +485,17 @@ impl Server {
         };
         match source.load() {
             Ok(identity) => {
-                log!(Info, "SIGHUP: TLS identity reloaded, key fingerprint {}", identity.fingerprint);
+                log!(
+                    Info,
+                    "SIGHUP: TLS identity reloaded, key fingerprint {}",
+                    identity.fingerprint
+                );
                 self.tls = Some(identity.config);
             }
-            Err(e) => log!(Error, "SIGHUP: TLS identity not reloaded, keeping the old one: {e}"),
+            Err(e) => log!(
+                Error,
+                "SIGHUP: TLS identity not reloaded, keeping the old one: {e}"
+            ),
         }
     }
 

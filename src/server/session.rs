@@ -22,12 +22,12 @@ use crate::buf::Buffer;
 use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, VPath};
 use crate::log;
 use crate::proto::{
-    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN, MIN_NONCE_LEN, NONCE_LEN,
-    PROTOCOL_VERSION, Reply, Request,
+    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
+    MIN_NONCE_LEN, NONCE_LEN, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::scram::{self, Transcript};
-use crate::tls::ChannelBinding;
 use crate::server::log::clean;
+use crate::tls::ChannelBinding;
 
 /// How long a closing connection waits for its peer to hang up.
 const LINGER: Duration = Duration::from_secs(2);
@@ -529,7 +529,10 @@ fn login_start(
     user: String,
     nonce: &[u8],
 ) -> Phase {
-    if user.is_empty() || user.len() > MAX_USER_LEN || !(MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len()) {
+    if user.is_empty()
+        || user.len() > MAX_USER_LEN
+        || !(MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len())
+    {
         let message = "malformed login request";
         return refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }

@@ -85,12 +85,11 @@ impl Source {
         };
         let fingerprint = Fingerprint::of_cert(leaf)
             .map_err(|e| invalid(&cert_path, &format!("not a usable certificate: {e}")))?;
-        let config =
-            super::server_config(chain, key).map_err(|e| IdentityError::Mismatch {
-                cert: cert_path.clone(),
-                key: key_path.clone(),
-                message: e.to_string(),
-            })?;
+        let config = super::server_config(chain, key).map_err(|e| IdentityError::Mismatch {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Identity {
             config,
             fingerprint,
@@ -133,7 +132,8 @@ fn ensure_generated(root: &Path) -> Result<(), IdentityError> {
 /// clients trust it by the key's fingerprint, not by a name.
 fn self_signed(key: &rcgen::KeyPair) -> Result<String, IdentityError> {
     let generate = |e: rcgen::Error| IdentityError::Generate(e.to_string());
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(generate)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).map_err(generate)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "ftpd");
@@ -244,6 +244,9 @@ mod tests {
         .err()
         .unwrap()
         .to_string();
-        assert!(err.contains("garbage.pem") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("garbage.pem") && err.contains("no certificate"),
+            "{err}"
+        );
     }
 }

@@ -77,6 +77,14 @@ impl Link {
         LinkIo { link: self, sock }
     }
 
+    /// How many bytes of unsent records rustls may hold before it takes no
+    /// more plaintext (a few KiB before login, more for a stream).
+    pub fn set_send_limit(&mut self, limit: usize) {
+        if let Link::Tls(tls) = self {
+            tls.conn.set_buffer_limit(Some(limit));
+        }
+    }
+
     /// Whether encrypted bytes wait to be written to the socket.
     pub fn has_output(&self) -> bool {
         match self {

@@ -314,7 +314,9 @@ impl KnownHosts {
     pub fn default_path() -> Option<PathBuf> {
         let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
             Some(config) => PathBuf::from(config),
-            None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".config"),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".config")
+            }
         };
         Some(base.join("ftpc").join("known_hosts"))
     }

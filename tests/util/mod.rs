@@ -198,8 +198,11 @@ impl TestServer {
         let client_dir = tempfile::tempdir().expect("tempdir");
         if let Some(fp) = &fingerprint {
             // Clients trust the server by a pin, as after a first contact.
-            std::fs::write(client_dir.path().join("known_hosts"), format!("{addr} {fp}\n"))
-                .expect("write the pin");
+            std::fs::write(
+                client_dir.path().join("known_hosts"),
+                format!("{addr} {fp}\n"),
+            )
+            .expect("write the pin");
         }
         TestServer {
             child,
@@ -348,6 +351,9 @@ pub struct Raw {
     /// The TCP socket, for socket options; bytes go through `send_raw`.
     pub stream: TcpStream,
     tls: Option<Box<rustls::ClientConnection>>,
+    /// The server answered the handshake in clear (turned away): what it
+    /// said is in `rx`, and whatever is sent now goes nowhere.
+    refused_in_clear: bool,
     rx: Vec<u8>,
 }
 
@@ -377,12 +383,25 @@ impl Raw {
         Raw::from_stream_plain(TcpStream::connect(addr).expect("connect"))
     }
 
-    /// A TLS session on a stream connected some other way.
+    /// A TLS session on a stream connected some other way. A server that
+    /// turns the connection away answers in clear instead of with a
+    /// handshake; then the session holds that answer for `recv`, as ftpc
+    /// reads it.
     pub fn from_stream(stream: TcpStream) -> Raw {
         let mut raw = Raw::from_stream_plain(stream);
         let mut conn = tls::client().expect("TLS client");
+        let mut sniff = tls::Sniff::new(&mut raw.stream);
         while conn.is_handshaking() {
-            conn.complete_io(&mut raw.stream).expect("TLS handshake");
+            if let Err(e) = conn.complete_io(&mut sniff) {
+                let seen = sniff.seen;
+                assert!(
+                    seen.first().is_some_and(|&b| b != 0x16),
+                    "TLS handshake failed: {e}"
+                );
+                raw.rx = seen;
+                raw.refused_in_clear = true;
+                return raw;
+            }
         }
         raw.tls = Some(Box::new(conn));
         raw
@@ -396,6 +415,7 @@ impl Raw {
         Raw {
             stream,
             tls: None,
+            refused_in_clear: false,
             rx: Vec::new(),
         }
     }
@@ -415,6 +435,7 @@ impl Raw {
     /// Sends bytes as they are (inside TLS when the session has it).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match &mut self.tls {
+            None if self.refused_in_clear => Ok(()),
             None => self.stream.write_all(bytes),
             Some(conn) => {
                 let mut io = rustls::Stream::new(&mut **conn, &mut self.stream);
@@ -422,6 +443,54 @@ impl Raw {
                 io.flush()
             }
         }
+    }
+
+    /// Writes `frame` over and over, without blocking, until the server
+    /// stops taking bytes or `limit` bytes of frames went out; returns the
+    /// bytes of frames sent. Over TLS each piece is encrypted as it goes,
+    /// so the server decrypts all it reads.
+    pub fn flood(&mut self, frame: &[u8], limit: usize) -> usize {
+        let burst: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * (16 * 1024 / frame.len()))
+            .collect();
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut sent = 0;
+        let mut wire: Vec<u8> = Vec::new();
+        let mut at = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sent < limit && std::time::Instant::now() < deadline {
+            if at == wire.len() {
+                wire.clear();
+                at = 0;
+                match &mut self.tls {
+                    None => wire.extend_from_slice(&burst),
+                    Some(conn) => {
+                        conn.writer().write_all(&burst).expect("encrypt");
+                        while conn.wants_write() {
+                            conn.write_tls(&mut wire).expect("records");
+                        }
+                    }
+                }
+                sent += burst.len();
+            }
+            match self.stream.write(&wire[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Let the server take what it will, then try once more.
+                    std::thread::sleep(Duration::from_millis(2));
+                    match self.stream.write(&wire[at..]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("flood write: {e}"),
+                    }
+                }
+                Err(e) => panic!("flood write: {e}"),
+            }
+        }
+        sent
     }
 
     /// Reads what arrives (decrypted when the session has TLS).

@@ -68,3 +68,39 @@ pub fn own_server() -> (Arc<rustls::ServerConfig>, String) {
     .expect("identity");
     (identity.config, identity.fingerprint.to_string())
 }
+
+/// A socket that remembers the first bytes it read: what a server sent in
+/// clear instead of a handshake.
+pub struct Sniff<'a> {
+    sock: &'a mut std::net::TcpStream,
+    pub seen: Vec<u8>,
+}
+
+impl<'a> Sniff<'a> {
+    pub fn new(sock: &'a mut std::net::TcpStream) -> Sniff<'a> {
+        Sniff {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Read for Sniff<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        if self.seen.len() < 4096 {
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Sniff<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
+}
