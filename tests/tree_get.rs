@@ -254,7 +254,13 @@ fn a_tree_cut_off_part_way_resumes_to_identical() {
         make_file(&top.join(format!("small/s{i}")), 5000 + i, i as u64);
     }
     let relay = CutRelay::start(env.server.addr, 3 * 1024 * 1024);
-    let out = util::ftpc_cmd_to(relay.addr, "alice", PW, &["get", "-r", "tree"])
+    let trust = env.server.trust_args();
+    let mut trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+    if env.server.tls() {
+        // The relay's address is not the one the pinned key belongs to.
+        trust = util::TRUST_FIRST_CONTACT.to_vec();
+    }
+    let out = util::ftpc_cmd_to(relay.addr, &trust, "alice", PW, &["get", "-r", "tree"])
         .current_dir(env.local.path())
         .output()
         .expect("run ftpc");
@@ -471,7 +477,7 @@ fn get_starts_pipelined_behind_a_streaming_download_are_answered_in_order() {
         make_file(&home.join(format!("s{i}")), 1000 + i, i as u64);
         names.push(format!("s{i}"));
     }
-    let mut raw = util::Raw::connect(env.server.addr);
+    let mut raw = env.server.raw();
     raw.hello();
     assert!(matches!(
         raw.login("alice", PW),
@@ -520,7 +526,7 @@ fn a_long_removal_reports_progress_then_ok() {
     for i in 0..2000 {
         fs::File::create(top.join(format!("f{i}"))).unwrap();
     }
-    let mut raw = util::Raw::connect(env.server.addr);
+    let mut raw = env.server.raw();
     raw.hello();
     raw.login("alice", PW);
     raw.send(&ftpd::proto::Request::RemoveTree {

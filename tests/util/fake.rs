@@ -43,7 +43,8 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The stream a fake serves on.
 pub type FakeStream = TcpStream;
 
-/// Turns an accepted socket into the fake's transport: plain TCP for now.
+/// Turns an accepted socket into the fake's transport: plain TCP for now
+/// (ftpc runs `--plaintext` against it, see [`FakeServer::ftpc`]).
 pub fn transport(socket: TcpStream) -> FakeStream {
     socket
 }
@@ -130,6 +131,9 @@ impl<S: Read + Write> FakePeer<S> {
             server_nonce: &server_nonce,
             salt: &keys.salt,
             kdf: keys.kdf,
+            // In clear: nothing to bind. Over TLS, the fake's channel
+            // binding goes here.
+            channel_binding: None,
         }
         .auth_message();
         match self.recv() {
@@ -290,9 +294,10 @@ impl FakeServer {
         FakeServer { addr, thread }
     }
 
-    /// Runs `ftpc --quiet ARGS` against the fake in `cwd`.
+    /// Runs `ftpc --quiet ARGS` against the fake in `cwd` (in clear, as
+    /// the fake speaks: the one place to change with [`transport`]).
     pub fn ftpc(&self, cwd: &Path, args: &[&str]) -> Output {
-        super::ftpc_cmd_to(self.addr, FAKE_USER, FAKE_PASSWORD, args)
+        super::ftpc_cmd_to(self.addr, &["--plaintext"], FAKE_USER, FAKE_PASSWORD, args)
             .current_dir(cwd)
             .stdin(std::process::Stdio::null())
             .output()
