@@ -20,6 +20,7 @@
 //! | 5    | the server refused the command (not found, permission denied, exists, busy, ...) |
 //! | 6    | quota exceeded                                                           |
 //! | 7    | integrity error: the data did not match its CRC32                         |
+//! | 8    | the server's key is not trusted: unknown, changed, or not the one given   |
 //!
 //! In a shell reading a script from stdin, a failing line is reported and the
 //! shell goes on; it exits with the code of the last failing line, or at once
@@ -29,14 +30,18 @@ mod commands;
 mod conn;
 mod display;
 mod error;
+mod glob;
+mod listing;
+mod local_dir;
 mod pace;
 mod progress;
 mod shell;
 mod transfer;
+mod transport;
+mod tree_get;
 mod tree_put;
-// Parts of it are used by get -r (another branch).
-#[allow(dead_code)]
 mod tree_report;
+mod trust;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -47,7 +52,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::commands::Command;
-use crate::conn::Conn;
 use crate::error::Failure;
 
 /// Client for the ftpd file-transfer server.
@@ -76,6 +80,8 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    #[command(flatten)]
+    trust: trust::TrustArgs,
     #[command(subcommand)]
     command: Option<TopCommand>,
 }
@@ -113,8 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .into());
         }
     };
+    let timeout = Duration::from_secs(cli.timeout);
     if let TopCommand::Session(Command::Ping) = command {
-        let mut conn = Conn::connect(&cli.server, Duration::from_secs(cli.timeout))?;
+        let mut conn = trust::connect(&cli.server, timeout, &cli.trust)?;
         commands::run(&mut conn, &Command::Ping, cli.quiet)?;
         conn.bye();
         return Ok(());
@@ -125,8 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
-    let mut conn = Conn::connect(&cli.server, Duration::from_secs(cli.timeout))?;
-    conn.login(user, password.as_bytes())?;
+    let mut conn = trust::connect(&cli.server, timeout, &cli.trust)?;
+    if let Some(note) = conn.login(user, password.as_bytes())? {
+        progress::note(cli.quiet, &note);
+    }
     drop(password);
     match command {
         TopCommand::Shell => shell::run(conn, user, &cli.server, cli.quiet),

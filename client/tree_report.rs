@@ -55,7 +55,8 @@ pub enum Unfollowed {
     Symlink,
     /// A FIFO, socket or device.
     Special,
-    /// A name that is not valid UTF-8.
+    /// A name that is not valid UTF-8 (met by `put -r`'s local walk).
+    #[allow(dead_code)]
     NotUtf8,
 }
 
@@ -198,6 +199,7 @@ impl TreeReport {
     }
 
     /// Files that failed so far.
+    #[allow(dead_code)]
     pub fn failures(&self) -> u64 {
         self.failed
     }

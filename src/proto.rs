@@ -41,6 +41,10 @@
 //!                            ◄──   (PutDone{size,crc32} | Unchanged | Error)*  one each, in order
 //!  GetStart{path,offset,prefix_crc}
 //!                            ◄──   GetReady{size,offset} Chunk(bytes)* GetDone{crc32} | Error
+//!  ListFrom{path,from}       ──►   (one page of a walk; from = 0 or a ListPage's next)
+//!                            ◄──   Entries(..)* ListPage{next: Some(pos) | None} | Error
+//!  RemoveTree{path}          ──►   (rm -r; never the home itself)
+//!                            ◄──   Removing{entries}* Ok | Error
 //!  Bye                       ──►   (server closes)
 //! ```
 //!
@@ -57,6 +61,13 @@
 //! been answered, so replies always come in request order.
 //! Each answer means what `PutDone` means for a streamed upload: the file
 //! was verified, synced and published (or was already there, `Unchanged`).
+//!
+//! Requests may be pipelined: a client may send the next requests before
+//! the replies to earlier ones have arrived (`ftpc get -r` keeps a bounded
+//! window of `GetStart`s in flight). The server reads a request only once
+//! it has answered the one before (`PutSmall` excepted, see above), so the
+//! later ones wait in the socket's buffers, and replies come in request
+//! order.
 //!
 //! Every request gets exactly one reply (a listing and a download are one
 //! reply streamed as several frames). A request the session's state does not
@@ -141,6 +152,13 @@ pub const LIST_BATCH: usize = 256;
 /// Length of each side's login nonce, in bytes (192 bits).
 pub const NONCE_LEN: usize = 24;
 
+/// Shortest nonce either side accepts from the other: below 128 bits a
+/// replayed or predictable challenge becomes plausible.
+pub const MIN_NONCE_LEN: usize = 16;
+
+/// Longest nonce the server accepts from a client.
+pub const MAX_NONCE_LEN: usize = 64;
+
 /// postcard's variant index of [`Reply::Chunk`], for [`crate::frame::chunk_header`].
 pub const REPLY_CHUNK_TAG: u8 = 14;
 
@@ -209,6 +227,15 @@ pub enum Request<'a> {
     },
     /// End of session.
     Bye,
+    /// One page of a folder's listing, for walks: at most
+    /// [`MAX_LIST_ENTRIES`] entries from the folder position `from` (0: the
+    /// start), answered by `Entries*` and `ListPage`. Unlike `List`, a
+    /// folder of any size can be read whole, a page at a time, without the
+    /// server holding more than a batch.
+    ListFrom { path: String, from: u64 },
+    /// Remove a folder and everything in it (or one file), on the server's
+    /// helper threads in bounded pieces. The home itself is refused.
+    RemoveTree { path: String },
     /// A whole small file (at most [`SMALL_FILE_MAX`] bytes) in one frame:
     /// no `PutReady` round trip. The client may send several before the
     /// first answer (see [`SMALL_FILES_IN_FLIGHT`]); the server stores them
@@ -275,6 +302,14 @@ pub enum Reply<'a> {
     Chunk(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
     /// Download complete; CRC32 of the whole file.
     GetDone { crc32: u32 },
+    /// End of a `ListFrom` page: where the next page starts, or `None`
+    /// when the folder has been read to its end. The position is the
+    /// server's own cookie; clients only hand it back.
+    ListPage { next: Option<u64> },
+    /// A `RemoveTree` is under way: `entries` removed so far. Sent now and
+    /// then (never more than one waiting in the send buffer) before the
+    /// final `Ok` or `Error`, so a long removal shows progress.
+    Removing { entries: u64 },
     /// Answer to `PutStart` or `PutSmall` with a CRC32: the target already
     /// holds exactly these bytes, so nothing was stored.
     Unchanged,
@@ -324,6 +359,10 @@ pub enum ErrorCode {
     Internal,
     /// The server is out of a resource (open files, memory) for now.
     Unavailable,
+    /// Sent in clear to a client that spoke in clear to a TLS server.
+    TlsRequired,
+    /// Sent in clear by a `--plaintext` server to a client that began TLS.
+    NoTls,
 }
 
 /// scrypt settings for one user; bound into the login transcript.

@@ -23,6 +23,7 @@ use ftpd::proto::{
 use ftpd::scram::{self, StoredKeys, Transcript};
 
 use crate::util::FTPC;
+use crate::util::fake::own_request;
 
 const PASSWORD: &str = "alice-pw";
 
@@ -50,62 +51,6 @@ const ENDLESS_CAP: u64 = 64 * 1024 * 1024;
 fn keys() -> &'static StoredKeys {
     static KEYS: OnceLock<StoredKeys> = OnceLock::new();
     KEYS.get_or_init(|| scram::stored_keys(PASSWORD.as_bytes(), FAST_KDF).expect("stored keys"))
-}
-
-/// Copies a request's borrowed payload out, so it can be kept.
-fn own_request(req: Request) -> Request<'static> {
-    match req {
-        Request::Chunk(bytes) => Request::Chunk(Vec::leak(bytes.to_vec())),
-        Request::Hello { magic, version } => Request::Hello { magic, version },
-        Request::LoginStart { user, client_nonce } => Request::LoginStart { user, client_nonce },
-        Request::LoginProof { proof } => Request::LoginProof { proof },
-        Request::Ping => Request::Ping,
-        Request::Pwd => Request::Pwd,
-        Request::Cd { path } => Request::Cd { path },
-        Request::List { path } => Request::List { path },
-        Request::Stat { path } => Request::Stat { path },
-        Request::Mkdir { path } => Request::Mkdir { path },
-        Request::Rmdir { path } => Request::Rmdir { path },
-        Request::Remove { path } => Request::Remove { path },
-        Request::Rename { from, to } => Request::Rename { from, to },
-        Request::Quota => Request::Quota,
-        Request::PutStart {
-            path,
-            size,
-            resume,
-            mtime,
-            crc32,
-        } => Request::PutStart {
-            path,
-            size,
-            resume,
-            mtime,
-            crc32,
-        },
-        Request::PutFrom { offset } => Request::PutFrom { offset },
-        Request::PutEnd { crc32 } => Request::PutEnd { crc32 },
-        Request::GetStart {
-            path,
-            offset,
-            prefix_crc,
-        } => Request::GetStart {
-            path,
-            offset,
-            prefix_crc,
-        },
-        Request::Bye => Request::Bye,
-        Request::PutSmall {
-            path,
-            mtime,
-            crc32,
-            data,
-        } => Request::PutSmall {
-            path,
-            mtime,
-            crc32,
-            data: Vec::leak(data.to_vec()),
-        },
-    }
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {
@@ -197,6 +142,8 @@ impl Peer {
             server_nonce: &server_nonce,
             salt,
             kdf,
+            // This fake server speaks in clear (ftpc runs --plaintext).
+            channel_binding: None,
         }
         .auth_message()
     }
@@ -354,8 +301,11 @@ fn hwm_kib(pid: u32) -> u64 {
 /// (and failing the test) if it runs longer than [`RUN_LIMIT`].
 fn ftpc(addr: SocketAddr, cwd: &Path, args: &[&str]) -> Run {
     let started = Instant::now();
+    // The fake servers here speak in clear: what they test (hostile
+    // replies) sits above the transport, and is the same under TLS.
     let mut child = Command::new(FTPC)
         .args(["--server", &addr.to_string(), "--user", "alice", "--quiet"])
+        .arg("--plaintext")
         .args(args)
         .env("FTPC_PASSWORD", PASSWORD)
         .env_remove("FTPC_SERVER")
@@ -756,7 +706,8 @@ fn hostile_server_name_entry_and_error_message_are_printed_safely() {
     fake.finish();
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     assert!(unsafe_bytes(&run.stdout).is_empty(), "{:?}", run.stdout());
-    assert_eq!(run.stdout().lines().count(), 1, "{:?}", run.stdout());
+    // The server's line, then the transport's ("plaintext" here).
+    assert_eq!(run.stdout().lines().count(), 2, "{:?}", run.stdout());
 
     // `stat` prints one entry's name.
     let fake = Fake::start(move |peer| {

@@ -19,5 +19,7 @@ mod protocol;
 mod quota;
 mod races;
 mod server_ops;
+mod tls;
 mod transfer;
+mod tree_get;
 mod tree_put;

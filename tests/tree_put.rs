@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ftpd::proto::{Reply, Request};
 
-use crate::util::{DataDir, Raw, TestServer, assert_success, make_file, stderr};
+use crate::util::{DataDir, TestServer, assert_success, make_file, stderr};
 
 const USER: &str = "tree";
 const PW: &str = "tree-password";
@@ -48,7 +48,7 @@ impl Site {
     /// ftpc in the client's folder, with notes and the summary line.
     fn run(&self, args: &[&str]) -> Output {
         self.server
-            .ftpc_loud_cmd(USER, PW, args)
+            .ftpc_cmd_loud(USER, PW, args)
             .current_dir(self.cwd.path())
             .stdin(Stdio::null())
             .output()
@@ -393,7 +393,7 @@ fn an_answered_small_file_survives_a_server_kill() {
     let data = DataDir::new();
     data.add_user(USER, PW, None);
     let mut server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(c.login(USER, PW), Reply::LoginOk { .. }));
     let bytes = b"acknowledged means on disk".repeat(100);
@@ -434,7 +434,7 @@ fn a_request_behind_small_files_is_answered_after_them() {
     let data = DataDir::new();
     data.add_user(USER, PW, None);
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(c.login(USER, PW), Reply::LoginOk { .. }));
     // Each of its own size, so the answers' order shows.

@@ -452,7 +452,9 @@ fn mentions(req: &Request<'_>, needle: &[u8]) -> bool {
         | Request::Rmdir { path }
         | Request::Remove { path }
         | Request::PutStart { path, .. }
-        | Request::GetStart { path, .. } => has(path.as_bytes()),
+        | Request::GetStart { path, .. }
+        | Request::ListFrom { path, .. }
+        | Request::RemoveTree { path } => has(path.as_bytes()),
         Request::Rename { from, to } => has(from.as_bytes()) || has(to.as_bytes()),
         Request::Chunk(bytes) => has(bytes),
         Request::PutSmall { path, data, .. } => has(path.as_bytes()) || has(data),
@@ -552,6 +554,8 @@ impl SessionFixture {
             server_nonce,
             salt,
             kdf: *kdf,
+            // The harness has no transport: a plaintext session.
+            channel_binding: None,
         }
         .auth_message();
         let proof = scram::client_proof(&self.keys, &auth).to_vec();

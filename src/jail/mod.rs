@@ -30,6 +30,7 @@ mod error;
 mod listing;
 mod partial;
 pub mod stamp;
+mod tree;
 mod vpath;
 
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use change::{Change, FileId, Gone};
 pub use error::FsError;
 pub use listing::Listing;
 pub use partial::{OpenedPartial, PublishError, Published};
+pub use tree::{Piece, TreeRemoval};
 pub use vpath::VPath;
 
 /// Name of the hidden folder in each home where unfinished uploads live;
@@ -374,9 +376,9 @@ impl Jail {
 
 /// `openat2(dir, rel, flags | O_CLOEXEC, mode, RESOLVE)`, retrying the
 /// transient failures.
-fn open_beneath(
+fn open_beneath<P: rustix::path::Arg + Copy>(
     dir: BorrowedFd<'_>,
-    rel: &str,
+    rel: P,
     flags: OFlags,
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {

@@ -20,14 +20,15 @@ use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
 use super::worker::{Job, Lane, Step, Worker};
 use crate::buf::Buffer;
-use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, VPath};
+use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, Piece, TreeRemoval, VPath};
 use crate::log;
 use crate::proto::{
-    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
-    PROTOCOL_VERSION, Reply, Request,
+    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
+    MIN_NONCE_LEN, NONCE_LEN, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::scram::{self, Transcript};
 use crate::server::log::clean;
+use crate::tls::ChannelBinding;
 
 /// How long a closing connection waits for its peer to hang up.
 const LINGER: Duration = Duration::from_secs(2);
@@ -257,11 +258,22 @@ pub struct State {
     pub active: Instant,
     /// The earliest deadline armed in the timer heap, if any.
     pub armed: Option<Instant>,
+    /// Whether the connection is TLS (it always is, but with `--plaintext`).
+    pub encrypted: bool,
+    /// The TLS channel binding, set once the handshake is done; a login
+    /// over TLS is bound to it (see `scram::Transcript`).
+    pub channel_binding: Option<ChannelBinding>,
 }
 
 impl State {
     /// A fresh session waiting for `Hello`.
-    pub fn new(peer: SocketAddr, key: usize, generation: u64, now: Instant) -> State {
+    pub fn new(
+        peer: SocketAddr,
+        key: usize,
+        generation: u64,
+        now: Instant,
+        encrypted: bool,
+    ) -> State {
         State {
             peer,
             key,
@@ -272,6 +284,8 @@ impl State {
             opened: now,
             active: now,
             armed: None,
+            encrypted,
+            channel_binding: None,
         }
     }
 
@@ -338,6 +352,70 @@ pub enum JobResult {
     HomeOpened(String, std::io::Result<OpenedHome>),
     /// A file was closed off the reactor (a server job).
     Closed,
+    /// A piece of an `rm -r` is done: whose, in which home, the rest of
+    /// the work (unless it could not start), and what the piece did.
+    TreeRemoved {
+        user: String,
+        jail: Arc<Jail>,
+        removal: Option<Box<TreeRemoval>>,
+        piece: Piece,
+    },
+}
+
+/// Entries removed per piece of an `rm -r`: a few milliseconds of disk
+/// work under the home's tree lock, then the user's figures are updated and
+/// other jobs get their turn.
+const REMOVE_PIECE: usize = 256;
+
+/// Where an `rm -r` job stands.
+enum TreeWork {
+    /// Not started: the path to remove.
+    Start(VPath),
+    /// Under way.
+    Going(Box<TreeRemoval>),
+}
+
+/// The next piece of an `rm -r`, as a helper job.
+fn remove_tree_job(jail: Arc<Jail>, user: String, work: TreeWork) -> Job<JobResult> {
+    Box::new(move || {
+        let mut removal = match work {
+            TreeWork::Going(removal) => removal,
+            TreeWork::Start(p) => match jail.start_tree_removal(&p) {
+                Ok(removal) => Box::new(removal),
+                Err(e) => {
+                    let piece = Piece {
+                        change: Change::default(),
+                        gone: Vec::new(),
+                        result: Err(e),
+                    };
+                    return Step::Done(JobResult::TreeRemoved {
+                        user,
+                        jail,
+                        removal: None,
+                        piece,
+                    });
+                }
+            },
+        };
+        let piece = removal.next_piece(&jail, REMOVE_PIECE);
+        Step::Done(JobResult::TreeRemoved {
+            user,
+            jail,
+            removal: Some(removal),
+            piece,
+        })
+    })
+}
+
+/// Applies what a piece of an `rm -r` removed to the user's figures; a
+/// file still being downloaded stays charged until its download ends.
+fn settle_piece(ctx: &mut Ctx, user: &str, piece: &Piece) {
+    ctx.accounts.apply(user, piece.change);
+    for gone in &piece.gone {
+        let mut change = Change::new(0, 0);
+        change.gone = Some(*gone);
+        ctx.accounts.apply(user, change);
+    }
 }
 
 /// Reserved while a folder is created: its first block, and one for the
@@ -524,6 +602,8 @@ fn request_name(req: &Request) -> &'static str {
         Request::PutEnd { .. } => "PutEnd",
         Request::GetStart { .. } => "GetStart",
         Request::Bye => "Bye",
+        Request::ListFrom { .. } => "ListFrom",
+        Request::RemoveTree { .. } => "RemoveTree",
         Request::PutSmall { .. } => "PutSmall",
     }
 }
@@ -560,7 +640,10 @@ fn login_start(
     user: String,
     nonce: &[u8],
 ) -> Phase {
-    if user.is_empty() || user.len() > MAX_USER_LEN || !(16..=64).contains(&nonce.len()) {
+    if user.is_empty()
+        || user.len() > MAX_USER_LEN
+        || !(MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len())
+    {
         let message = "malformed login request";
         return refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
@@ -576,12 +659,18 @@ fn login_start(
         ctx.send_error(tx, ErrorCode::Internal, "server has no random source");
         return Phase::Login;
     }
+    if st.encrypted && st.channel_binding.is_none() {
+        // Cannot happen: no login bytes arrive before the handshake ends.
+        ctx.send_error(tx, ErrorCode::Internal, "the TLS channel is not ready");
+        return Phase::Login;
+    }
     let auth_message = Transcript {
         user: &user,
         client_nonce: nonce,
         server_nonce: &server_nonce,
         salt: &creds.keys.salt,
         kdf: creds.keys.kdf,
+        channel_binding: st.channel_binding.as_ref(),
     }
     .auth_message();
     ctx.send(
@@ -730,6 +819,23 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             })
         }
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
+        Request::RemoveTree { path } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            let job = remove_tree_job(jail, login.user.clone(), TreeWork::Start(p));
+            ctx.worker
+                .submit(Lane::Sync, &login.user, key, generation, job);
+            None
+        }),
+        Request::ListFrom { path, from } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            let job = move || match jail.open_listing_page(&p, MAX_LIST_ENTRIES, from) {
+                Ok(listing) => list_next(Box::new(listing))(),
+                Err(e) => Step::Done(JobResult::Listed(Err(e))),
+            };
+            ctx.worker
+                .submit(Lane::Read, &login.user, key, generation, Box::new(job));
+            None
+        }),
         Request::List { path } => resolve(login, &path).map(|p| {
             let jail = Arc::clone(&login.jail);
             let job = move || match jail.open_listing(&p, MAX_LIST_ENTRIES) {
@@ -861,9 +967,15 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
                 ctx.send(tx, &Reply::Entries(batch));
             }
             if listing.finished() {
-                let end = Reply::ListEnd {
-                    total: listing.total(),
-                    truncated: listing.truncated(),
+                let end = if listing.is_page() {
+                    Reply::ListPage {
+                        next: listing.next_page(),
+                    }
+                } else {
+                    Reply::ListEnd {
+                        total: listing.total(),
+                        truncated: listing.truncated(),
+                    }
                 };
                 ctx.send(tx, &end);
                 Phase::Ready
@@ -898,6 +1010,37 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         JobResult::DownloadPrefix(down, crc) => transfer::begin_download(st, tx, ctx, down, crc),
         JobResult::TargetChecked(opening, unchanged) => {
             transfer::target_checked(st, tx, ctx, *opening, unchanged)
+        }
+        JobResult::TreeRemoved {
+            user,
+            jail,
+            removal,
+            piece,
+        } => {
+            settle_piece(ctx, &user, &piece);
+            match (piece.result, removal) {
+                (Ok(false), Some(removal)) => {
+                    // Progress, at most one waiting: a client that does not
+                    // read holds one small frame, not one per piece.
+                    if tx.is_empty() {
+                        let entries = removal.removed();
+                        ctx.send(tx, &Reply::Removing { entries });
+                    }
+                    let owner = user.clone();
+                    let job = remove_tree_job(jail, user, TreeWork::Going(removal));
+                    ctx.worker
+                        .submit(Lane::Sync, &owner, st.key, st.generation, job);
+                    Phase::Waiting
+                }
+                (Ok(_), _) => {
+                    ctx.send(tx, &Reply::Ok);
+                    Phase::Ready
+                }
+                (Err(e), _) => {
+                    ctx.send_error(tx, e.code, &e.message);
+                    Phase::Ready
+                }
+            }
         }
         other => {
             orphaned(ctx, other);
@@ -956,6 +1099,8 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
             )
         }
         JobResult::HomeOpened(user, opened) => ctx.accounts.opened(&user, opened),
+        // The session is gone: count what was removed, stop there.
+        JobResult::TreeRemoved { user, piece, .. } => settle_piece(ctx, &user, &piece),
     }
 }
 
