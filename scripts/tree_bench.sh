@@ -40,6 +40,10 @@ trap cleanup EXIT
 
 ROOT=$WORK/root
 echo bench-password | "$FTPD" --root "$ROOT" user add bench --quota 100G --password-stdin > /dev/null
+# TLS, as by default: ftpc trusts the key `ftpd fingerprint` names (pinned
+# in a known-hosts file of this run, never the user's own).
+export FTPC_FINGERPRINT FTPC_KNOWN_HOSTS=$WORK/known_hosts
+FTPC_FINGERPRINT=$("$FTPD" --root "$ROOT" fingerprint)
 "$FTPD" --root "$ROOT" --listen 127.0.0.1:0 --log-level warn > "$WORK/out" 2> "$WORK/log" &
 SERVER=$!
 for _ in $(seq 100); do [ -s "$WORK/out" ] && break; sleep 0.05; done
