@@ -46,6 +46,10 @@ pub enum Failure {
     /// `ftpc`'s own side failed outside any file (no randomness, ...).
     #[error("{0}")]
     Local(String),
+    /// Ctrl-C in the shell cancelled a transfer (see `cancel.rs`); the
+    /// session is dropped and the shell logs in again.
+    #[error("cancelled")]
+    Cancelled,
     /// Some lines of a shell script failed; `code` is the last failure's.
     #[error("{failed} of {total} commands failed")]
     Script {
@@ -82,7 +86,7 @@ impl Failure {
             Failure::Login(_) => exit::LOGIN,
             Failure::Refused { code, .. } => code_exit(*code),
             Failure::Integrity(_) => exit::INTEGRITY,
-            Failure::Local(_) => exit::OTHER,
+            Failure::Local(_) | Failure::Cancelled => exit::OTHER,
             Failure::Script { code, .. } => *code,
         }
     }

@@ -21,6 +21,7 @@ use crate::conn::Conn;
 use crate::error::Failure;
 use crate::pace::Awaiting;
 use crate::progress::{Direction, Progress, note};
+use crate::rate::Throttle;
 
 /// postcard's variant index of [`Request::Chunk`], for [`chunk_header`]
 /// (checked against postcard by a test below).
@@ -197,6 +198,7 @@ fn send_chunks(
     let mut pos = start;
     let mut writes = 0u64;
     let mut pace = conn.pace(Awaiting::Upload);
+    let mut throttle = Throttle::new();
     while pos < size {
         let mut used = 0;
         let batch_start = pos;
@@ -221,6 +223,8 @@ fn send_chunks(
         }
         conn.send_paced(&buf[..used], &mut pace)?;
         progress.inc(pos - batch_start);
+        // Ctrl-C in the shell, and --limit-rate, act between writes.
+        throttle.pay(pos - batch_start, &mut pace)?;
         writes += 1;
         if writes.is_multiple_of(WRITES_PER_CHECK) && conn.reply_waiting() {
             return Ok(Sent::Stopped);
@@ -356,6 +360,7 @@ fn receive_chunks(
     let mut got = 0u64;
     let mut write_error = None;
     let mut pace = conn.pace(Awaiting::Download);
+    let mut throttle = Throttle::new();
     let their_crc = loop {
         match conn.recv_paced(&pace)? {
             Reply::Chunk(data) => {
@@ -372,8 +377,11 @@ fn receive_chunks(
                 }
                 hasher.update(data);
                 got += data.len() as u64;
-                pace.advance(data.len() as u64);
-                progress.inc(data.len() as u64);
+                let n = data.len() as u64;
+                pace.advance(n);
+                progress.inc(n);
+                // Ctrl-C in the shell, and --limit-rate, act between chunks.
+                throttle.pay(n, &mut pace)?;
             }
             Reply::GetDone { crc32 } => break crc32,
             other => return Err(Failure::unexpected("Chunk or GetDone", &other).into()),
