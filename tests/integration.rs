@@ -19,4 +19,5 @@ mod protocol;
 mod quota;
 mod races;
 mod server_ops;
+mod shell_tty;
 mod transfer;

@@ -248,6 +248,20 @@ impl TestServer {
         cmd
     }
 
+    /// The `ftpc` command as a person at a terminal runs it (no `--quiet`:
+    /// notes and the progress bar show), for a pseudo-terminal spawner
+    /// such as `rexpect::session::spawn_command`; set the environment
+    /// (HOME, TERM, ...) on it before spawning.
+    pub fn ftpc_tty_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FTPC);
+        cmd.args(["--server", &self.addr.to_string(), "--user", user])
+            .args(args)
+            .env("FTPC_PASSWORD", password)
+            .env_remove("FTPC_SERVER")
+            .env_remove("FTPC_USER");
+        cmd
+    }
+
     /// Runs ftpc and asserts success; returns stdout.
     pub fn ok(&self, user: &str, password: &str, args: &[&str]) -> String {
         let out = self.ftpc(user, password, args);

@@ -1,0 +1,270 @@
+//! The interactive shell, driven in a pseudo-terminal as a person would:
+//! Tab completion, lcd and local globs, Ctrl-C during a transfer, history
+//! across restarts, coloured listings.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use ftpd::jail::PARTIAL_DIR;
+use rexpect::session::{PtySession, spawn_command};
+
+use crate::util::{self, DataDir, TestServer};
+
+const PW: &str = "alice-pw";
+
+/// How long any one expected output may take (liveness only).
+const EXPECT_MS: u64 = 30_000;
+
+/// A server with alice, and folders for her local files and her state.
+struct Tty {
+    data: DataDir,
+    server: TestServer,
+    local: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Tty {
+    fn new() -> Tty {
+        let data = DataDir::new();
+        data.add_user("alice", PW, None);
+        let server = TestServer::start(&data, &[]);
+        Tty {
+            data,
+            server,
+            local: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `ftpc EXTRA... shell` in a pseudo-terminal, in the local folder,
+    /// with the history under `state`; returns at the first prompt.
+    fn shell(&self, extra: &[&str], env: &[(&str, &str)]) -> PtySession {
+        let mut args = extra.to_vec();
+        args.push("shell");
+        let mut cmd = self.server.ftpc_tty_cmd("alice", PW, &args);
+        cmd.current_dir(self.local.path())
+            .env("XDG_STATE_HOME", self.state.path())
+            .env("HOME", self.state.path())
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut s = spawn_command(cmd, Some(EXPECT_MS)).expect("spawn ftpc in a pty");
+        s.exp_string("alice@").expect("first prompt");
+        s.exp_string("> ").expect("first prompt");
+        s
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.data.home("alice")
+    }
+}
+
+/// Types `text` (no Enter).
+fn typed(s: &mut PtySession, text: &str) {
+    s.send(text).expect("type");
+    s.flush().expect("flush");
+}
+
+/// Waits for the prompt, and returns what came before it. Type only at a
+/// prompt: the line editor drops what was typed while a command ran.
+fn prompt(s: &mut PtySession) -> String {
+    let before = s.exp_string("alice@").expect("prompt");
+    s.exp_string("> ").expect("prompt");
+    before
+}
+
+/// Types `line` and Enter, and waits for the next prompt.
+fn run(s: &mut PtySession, line: &str) -> String {
+    typed(s, &format!("{line}\r"));
+    prompt(s)
+}
+
+/// Waits up to `limit` for `cond`.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tab_completes_a_remote_folder_then_a_file_in_it() {
+    let t = Tty::new();
+    fs::create_dir_all(t.home().join("documents/old")).unwrap();
+    fs::write(t.home().join("documents/report.txt"), b"the report").unwrap();
+    fs::write(t.home().join("other.txt"), b"x").unwrap();
+    let mut s = t.shell(&[], &[]);
+
+    typed(&mut s, "get doc\t");
+    s.exp_string("documents/").expect("the folder completed");
+    typed(&mut s, "rep\t");
+    s.exp_string("report.txt").expect("the file completed");
+    run(&mut s, "");
+    let got = t.local.path().join("report.txt");
+    assert_eq!(fs::read(&got).unwrap(), b"the report");
+
+    // Command names complete too, and cd completes only folders.
+    typed(&mut s, "sta\t");
+    s.exp_string("stat ").expect("command name completed");
+    typed(&mut s, "\x15"); // Ctrl-U: clear the line
+    typed(&mut s, "cd documents/\t");
+    s.exp_string("documents/old/").expect("only the folder is offered to cd");
+    run(&mut s, "");
+    let out = run(&mut s, "pwd");
+    assert!(out.contains("\n/documents/old\r\n"), "{out:?}");
+    typed(&mut s, "exit\r");
+    s.exp_eof().expect("exit ends the shell");
+}
+
+#[test]
+fn lcd_then_put_of_a_relative_path_and_a_local_glob() {
+    let t = Tty::new();
+    let photos = t.local.path().join("photos");
+    fs::create_dir(&photos).unwrap();
+    for (name, body) in [("a.jpg", "A"), ("b.jpg", "BB"), ("notes.txt", "N")] {
+        fs::write(photos.join(name), body).unwrap();
+    }
+    let mut s = t.shell(&[], &[]);
+    run(&mut s, "lcd photos");
+    typed(&mut s, "lpwd\r");
+    let shown = fs::canonicalize(&photos).unwrap();
+    s.exp_string(&shown.display().to_string()).expect("lpwd shows the new folder");
+    prompt(&mut s);
+    run(&mut s, "put notes.txt");
+    assert_eq!(fs::read(t.home().join("notes.txt")).unwrap(), b"N");
+
+    run(&mut s, "mkdir up");
+    run(&mut s, "put *.jpg up/");
+    assert_eq!(fs::read(t.home().join("up/a.jpg")).unwrap(), b"A");
+    assert_eq!(fs::read(t.home().join("up/b.jpg")).unwrap(), b"BB");
+    assert!(!t.home().join("up/notes.txt").exists());
+
+    // get lands in the lcd folder too; lmkdir and lls work there.
+    run(&mut s, "lmkdir back");
+    run(&mut s, "get up/b.jpg back/");
+    assert_eq!(fs::read(photos.join("back/b.jpg")).unwrap(), b"BB");
+    let out = run(&mut s, "lls back");
+    assert!(out.contains(" b.jpg"), "lls lists the local folder: {out:?}");
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
+}
+
+#[test]
+fn ctrl_c_cancels_a_rate_limited_put_and_the_next_put_resumes() {
+    let t = Tty::new();
+    let size = 1 << 20;
+    let file = t.local.path().join("big.bin");
+    util::make_file(&file, size, 7);
+    // 1 MiB at 200 KiB/s: about five seconds, plenty of time to cancel.
+    let mut s = t.shell(&["--limit-rate", "200K"], &[]);
+    run(&mut s, "mkdir in");
+    run(&mut s, "cd in");
+    typed(&mut s, "put big.bin\r");
+    let partial_len = || -> u64 {
+        let Ok(dir) = fs::read_dir(t.home().join(PARTIAL_DIR)) else {
+            return 0;
+        };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), "part of the upload", || {
+        partial_len() >= 128 * 1024
+    });
+    s.send_control('c').unwrap();
+    s.exp_string("cancelled").expect("one line says the put was cancelled");
+    s.exp_string("alice@").expect("back at the prompt");
+    s.exp_string(":/in> ").expect("still in the remote folder after logging in again");
+    let kept = partial_len();
+    assert!(kept > 0 && kept < size as u64, "partial of {kept} bytes");
+    assert!(!t.home().join("in/big.bin").exists());
+
+    typed(&mut s, "put big.bin\r");
+    s.exp_string("resuming at").expect("the second put resumes");
+    prompt(&mut s);
+    assert_eq!(
+        fs::read(t.home().join("in/big.bin")).unwrap(),
+        fs::read(&file).unwrap()
+    );
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
+}
+
+#[test]
+fn history_survives_a_restart_without_secrets() {
+    let t = Tty::new();
+    let mut s = t.shell(&[], &[]);
+    run(&mut s, "mkdir remembered");
+    run(&mut s, "passwd hunter2");
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
+
+    let file = t.state.path().join("ftpc/history");
+    let text = fs::read_to_string(&file).expect("history file");
+    assert!(text.contains("mkdir remembered"), "{text}");
+    assert!(!text.contains("hunter2"), "a secret was recorded: {text}");
+    let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Up arrow in a new shell brings the lines back (`exit`, then the
+    // mkdir: the passwd line is not there); Enter runs it again.
+    fs::remove_dir(t.home().join("remembered")).unwrap();
+    let mut s = t.shell(&[], &[]);
+    typed(&mut s, "\x1b[A");
+    s.exp_string("exit").expect("the last line is back");
+    typed(&mut s, "\x1b[A");
+    s.exp_string("mkdir remembered").expect("the line is back");
+    run(&mut s, "");
+    assert!(t.home().join("remembered").is_dir());
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
+}
+
+#[test]
+fn ctrl_c_at_the_prompt_clears_the_line_and_ctrl_d_leaves() {
+    let t = Tty::new();
+    let mut s = t.shell(&[], &[]);
+    typed(&mut s, "mkdir never");
+    s.send_control('c').unwrap();
+    prompt(&mut s);
+    run(&mut s, "mkdir yes");
+    assert!(!t.home().join("never").exists());
+    assert!(t.home().join("yes").is_dir());
+    s.send_control('d').unwrap();
+    s.exp_eof().expect("Ctrl-D ends the shell");
+}
+
+/// `ftpc ls` on a terminal: folders in colour unless NO_COLOR or TERM=dumb.
+#[test]
+fn listings_are_coloured_on_a_terminal_unless_no_color() {
+    let t = Tty::new();
+    fs::create_dir(t.home().join("folder")).unwrap();
+    fs::write(t.home().join("file.txt"), b"x").unwrap();
+    let ls = |env: &[(&str, &str)]| {
+        let mut cmd = t.server.ftpc_tty_cmd("alice", PW, &["ls"]);
+        cmd.env("TERM", "xterm").env_remove("NO_COLOR");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut s = spawn_command(cmd, Some(EXPECT_MS)).unwrap();
+        s.exp_eof().unwrap()
+    };
+    let coloured = ls(&[]);
+    assert!(coloured.contains("\x1b[34mfolder\x1b[0m"), "{coloured:?}");
+    assert!(coloured.contains(" file.txt"), "{coloured:?}");
+    for env in [[("NO_COLOR", "1")], [("TERM", "dumb")]] {
+        let plain = ls(&env);
+        assert!(!plain.contains('\x1b'), "{env:?}: {plain:?}");
+        assert!(plain.contains(" folder"), "{plain:?}");
+    }
+    // Not a terminal: never coloured.
+    let out = t.server.ftpc_cmd("alice", PW, &["ls"]).env("TERM", "xterm").output().unwrap();
+    util::assert_success(&out, "ftpc ls");
+    assert!(!util::stdout(&out).contains('\x1b'));
+}
