@@ -12,8 +12,8 @@
 //! ftpc at once (a download's `.part` is kept, as before).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Failure;
 

@@ -375,7 +375,12 @@ fn ls_fields(line: &str) -> (char, u64, String, String) {
     let size = field().parse().expect("size");
     // `ls -l`'s time: month, day, and the time of day or the year.
     let (month, day, time) = (field(), field(), field());
-    (kind, size, format!("{month} {day} {time}"), rest[1..].to_owned())
+    (
+        kind,
+        size,
+        format!("{month} {day} {time}"),
+        rest[1..].to_owned(),
+    )
 }
 
 /// The `ls` lines of a listing, by name.

@@ -52,8 +52,7 @@ impl Tty {
             cmd.env(k, v);
         }
         let mut s = spawn_command(cmd, Some(EXPECT_MS)).expect("spawn ftpc in a pty");
-        s.exp_string("alice@").expect("first prompt");
-        s.exp_string("> ").expect("first prompt");
+        prompt(&mut s);
         s
     }
 
@@ -68,17 +67,24 @@ fn typed(s: &mut PtySession, text: &str) {
     s.flush().expect("flush");
 }
 
-/// Waits for the prompt, and returns what came before it. Type only at a
-/// prompt: the line editor drops what was typed while a command ran.
+/// What the line editor prints as it starts reading a line, and as it
+/// stops (it turns bracketed paste on and off): a prompt redrawn while
+/// typing has neither, so these tell a new prompt from a redraw.
+const EDITING: &str = "\x1b[?2004h";
+const EDITED: &str = "\x1b[?2004l";
+
+/// Waits for a new prompt, and returns what came before it. Type only at
+/// a prompt: the line editor drops what was typed while a command ran.
 fn prompt(s: &mut PtySession) -> String {
-    let before = s.exp_string("alice@").expect("prompt");
+    let before = s.exp_string(EDITING).expect("prompt");
     s.exp_string("> ").expect("prompt");
     before
 }
 
-/// Types `line` and Enter, and waits for the next prompt.
+/// Types `line` and Enter, and returns the output up to the next prompt.
 fn run(s: &mut PtySession, line: &str) -> String {
     typed(s, &format!("{line}\r"));
+    s.exp_string(EDITED).expect("the line was taken");
     prompt(s)
 }
 
@@ -112,7 +118,8 @@ fn tab_completes_a_remote_folder_then_a_file_in_it() {
     s.exp_string("stat ").expect("command name completed");
     typed(&mut s, "\x15"); // Ctrl-U: clear the line
     typed(&mut s, "cd documents/\t");
-    s.exp_string("documents/old/").expect("only the folder is offered to cd");
+    s.exp_string("documents/old/")
+        .expect("only the folder is offered to cd");
     run(&mut s, "");
     let out = run(&mut s, "pwd");
     assert!(out.contains("\n/documents/old\r\n"), "{out:?}");
@@ -130,10 +137,12 @@ fn lcd_then_put_of_a_relative_path_and_a_local_glob() {
     }
     let mut s = t.shell(&[], &[]);
     run(&mut s, "lcd photos");
-    typed(&mut s, "lpwd\r");
     let shown = fs::canonicalize(&photos).unwrap();
-    s.exp_string(&shown.display().to_string()).expect("lpwd shows the new folder");
-    prompt(&mut s);
+    let out = run(&mut s, "lpwd");
+    assert!(
+        out.contains(&format!("\n{}\r\n", shown.display())),
+        "lpwd shows the new folder: {out:?}"
+    );
     run(&mut s, "put notes.txt");
     assert_eq!(fs::read(t.home().join("notes.txt")).unwrap(), b"N");
 
@@ -148,7 +157,10 @@ fn lcd_then_put_of_a_relative_path_and_a_local_glob() {
     run(&mut s, "get up/b.jpg back/");
     assert_eq!(fs::read(photos.join("back/b.jpg")).unwrap(), b"BB");
     let out = run(&mut s, "lls back");
-    assert!(out.contains(" b.jpg"), "lls lists the local folder: {out:?}");
+    assert!(
+        out.contains(" b.jpg"),
+        "lls lists the local folder: {out:?}"
+    );
     typed(&mut s, "exit\r");
     s.exp_eof().unwrap();
 }
@@ -178,20 +190,57 @@ fn ctrl_c_cancels_a_rate_limited_put_and_the_next_put_resumes() {
         partial_len() >= 128 * 1024
     });
     s.send_control('c').unwrap();
-    s.exp_string("cancelled").expect("one line says the put was cancelled");
-    s.exp_string("alice@").expect("back at the prompt");
-    s.exp_string(":/in> ").expect("still in the remote folder after logging in again");
+    s.exp_string("cancelled")
+        .expect("one line says the put was cancelled");
+    s.exp_string(EDITING).expect("back at the prompt");
+    s.exp_string(":/in> ")
+        .expect("still in the remote folder after logging in again");
     let kept = partial_len();
     assert!(kept > 0 && kept < size as u64, "partial of {kept} bytes");
     assert!(!t.home().join("in/big.bin").exists());
 
-    typed(&mut s, "put big.bin\r");
-    s.exp_string("resuming at").expect("the second put resumes");
-    prompt(&mut s);
+    let out = run(&mut s, "put big.bin");
+    assert!(
+        out.contains("resuming at"),
+        "the second put resumes: {out:?}"
+    );
     assert_eq!(
         fs::read(t.home().join("in/big.bin")).unwrap(),
         fs::read(&file).unwrap()
     );
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
+}
+
+#[test]
+fn ctrl_c_cancels_a_rate_limited_get_keeping_the_part_file_for_a_resume() {
+    let t = Tty::new();
+    let size = 1 << 20;
+    util::make_file(&t.home().join("big.bin"), size, 9);
+    let mut s = t.shell(&["--limit-rate", "200K"], &[]);
+    typed(&mut s, "get big.bin\r");
+    let part = t.local.path().join("big.bin.part");
+    wait_for(Duration::from_secs(20), "part of the download", || {
+        fs::metadata(&part).is_ok_and(|m| m.len() >= 128 * 1024)
+    });
+    s.send_control('c').unwrap();
+    s.exp_string("cancelled")
+        .expect("one line says the get was cancelled");
+    prompt(&mut s);
+    let kept = fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < size as u64, "part file of {kept} bytes");
+    assert!(!t.local.path().join("big.bin").exists());
+
+    let out = run(&mut s, "get big.bin");
+    assert!(
+        out.contains("resuming at"),
+        "the second get resumes: {out:?}"
+    );
+    assert_eq!(
+        fs::read(t.local.path().join("big.bin")).unwrap(),
+        fs::read(t.home().join("big.bin")).unwrap()
+    );
+    assert!(!part.exists());
     typed(&mut s, "exit\r");
     s.exp_eof().unwrap();
 }
@@ -264,7 +313,54 @@ fn listings_are_coloured_on_a_terminal_unless_no_color() {
         assert!(plain.contains(" folder"), "{plain:?}");
     }
     // Not a terminal: never coloured.
-    let out = t.server.ftpc_cmd("alice", PW, &["ls"]).env("TERM", "xterm").output().unwrap();
+    let out = t
+        .server
+        .ftpc_cmd("alice", PW, &["ls"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
     util::assert_success(&out, "ftpc ls");
     assert!(!util::stdout(&out).contains('\x1b'));
+}
+
+/// Tab in a folder of thousands of names answers at once with what it
+/// has (at most 5000 names, read for at most half a second), asks before
+/// showing them all, and leaves the session in step for the next command.
+#[test]
+fn tab_in_a_huge_folder_is_bounded_and_keeps_the_session_in_step() {
+    let t = Tty::new();
+    let many = t.home().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..6000 {
+        fs::write(many.join(format!("f{i:05}")), b"").unwrap();
+    }
+    fs::write(t.home().join("after.txt"), b"after").unwrap();
+    let mut s = t.shell(&[], &[]);
+    let started = Instant::now();
+    typed(&mut s, "stat many/f\t\t");
+    let (before, matched) = s
+        .exp_regex(r"Display all \d+ possibilities")
+        .expect("asks before listing thousands of names");
+    let asked = format!("{before}{matched}");
+    let shown: usize = asked
+        .rsplit("Display all ")
+        .next()
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{asked:?}"));
+    assert!((1..=5000).contains(&shown), "{asked}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "Tab held the prompt for {:?}",
+        started.elapsed()
+    );
+    typed(&mut s, "n");
+    typed(&mut s, "\x15"); // Ctrl-U: clear the line
+    // The next requests get their own replies, not the rest of a listing.
+    let out = run(&mut s, "get after.txt -");
+    assert!(out.contains("after"), "{out:?}");
+    let out = run(&mut s, "stat many/f00042");
+    assert!(out.contains("name:     f00042"), "{out:?}");
+    typed(&mut s, "exit\r");
+    s.exp_eof().unwrap();
 }

@@ -55,7 +55,8 @@ pub fn load(history: &mut impl History, path: &Path) {
 /// Saves the history to `path`, creating its folder; failing only costs
 /// the history (said once per session by the caller).
 pub fn save(history: &mut impl History, path: &Path) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot save the history {}: {e}", path.display());
+    let fail =
+        |e: &dyn std::fmt::Display| format!("cannot save the history {}: {e}", path.display());
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)

@@ -233,7 +233,9 @@ mod tests {
     #[test]
     fn command_names_come_from_the_parser() {
         let names = command_names();
-        for n in ["cd", "exit", "get", "lcd", "lls", "lmkdir", "lpwd", "ls", "put", "quit"] {
+        for n in [
+            "cd", "exit", "get", "lcd", "lls", "lmkdir", "lpwd", "ls", "put", "quit",
+        ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
     }

@@ -78,8 +78,7 @@ impl LocalDir {
     pub fn ls(&self, path: Option<&Path>, options: &ListOptions) -> anyhow::Result<()> {
         let target = path.map_or_else(|| self.base(), |p| self.resolve(p));
         let shown = target.display();
-        let meta =
-            fs::metadata(&target).with_context(|| format!("no such local file: {shown}"))?;
+        let meta = fs::metadata(&target).with_context(|| format!("no such local file: {shown}"))?;
         let mut entries = Vec::new();
         let mut truncated = false;
         if meta.is_dir() {

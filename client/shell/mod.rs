@@ -52,7 +52,10 @@ enum Input {
 }
 
 impl Input {
-    fn editor(remote: &Rc<RefCell<Remote>>, local: &Rc<RefCell<LocalDir>>) -> anyhow::Result<Input> {
+    fn editor(
+        remote: &Rc<RefCell<Remote>>,
+        local: &Rc<RefCell<LocalDir>>,
+    ) -> anyhow::Result<Input> {
         let config = Config::builder()
             .max_history_size(history::MAX_LINES)?
             .history_ignore_space(true)
@@ -116,14 +119,21 @@ impl Input {
 }
 
 /// Runs the shell on a logged-in session; `reopen` logs in again.
-pub fn run(conn: Conn, mut reopen: Reopen, user: &str, server: &str, quiet: bool) -> anyhow::Result<()> {
+pub fn run(
+    conn: Conn,
+    mut reopen: Reopen,
+    user: &str,
+    server: &str,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let remote = Rc::new(RefCell::new(Remote::new(conn)?));
     let local = Rc::new(RefCell::new(LocalDir::default()));
     let mut input = if interactive {
         // Without the handler Ctrl-C would end the shell, as it does in a
         // script, where there is no one to return the prompt to.
-        crate::cancel::install().map_err(|e| Failure::Local(format!("cannot catch Ctrl-C: {e}")))?;
+        crate::cancel::install()
+            .map_err(|e| Failure::Local(format!("cannot catch Ctrl-C: {e}")))?;
         Input::editor(&remote, &local)?
     } else {
         Input::Plain(std::io::stdin().lock())
@@ -197,7 +207,9 @@ enum Flow {
 /// Why a line did not succeed.
 enum Stop {
     /// Ctrl-C cancelled a transfer; `what` says which and how to resume.
-    Cancelled { what: String },
+    Cancelled {
+        what: String,
+    },
     Failed(anyhow::Error),
 }
 use Stop::{Cancelled, Failed};
