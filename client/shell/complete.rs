@@ -2,6 +2,7 @@
 //! `remote.rs`) and local paths (relative to the `lcd` folder), each where
 //! the command expects one.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
@@ -123,12 +124,14 @@ fn matches(dir: &str, prefix: &str, names: &[Name], dirs_only: bool) -> Vec<Pair
         .filter(|n| n.name.starts_with(prefix) && (n.is_dir || !dirs_only))
         // Hidden names only when asked for, as in shells.
         .filter(|n| !n.name.starts_with('.') || prefix.starts_with('.'))
+        // A name with control characters would be echoed raw into the
+        // line: a hostile server's escape sequences never get there.
+        .filter(|n| matches!(crate::display::sanitize(&n.name), Cow::Borrowed(_)))
         .map(|n| {
-            let shown = crate::display::sanitize(&n.name);
             let (display, end) = if n.is_dir {
-                (format!("{shown}/"), "/")
+                (format!("{}/", n.name), "/")
             } else {
-                (shown.into_owned(), " ")
+                (n.name.clone(), " ")
             };
             Pair {
                 display,
@@ -206,6 +209,7 @@ mod tests {
             name("doc file.txt", false),
             name(".dot", false),
             name("x", false),
+            name("do\x1b[2Jevil", false),
         ];
         let got: Vec<(String, String)> = matches("a/", "do", &names, false)
             .into_iter()
