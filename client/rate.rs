@@ -23,6 +23,9 @@ const BURST: Duration = Duration::from_millis(100);
 /// Longest single sleep, so a cancel is seen quickly.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// Smallest chunk an upload is cut into under a limit.
+const MIN_CHUNK: usize = 512;
+
 /// Bytes per second from `--limit-rate`, set once at start.
 static LIMIT: OnceLock<u64> = OnceLock::new();
 
@@ -66,6 +69,14 @@ impl Throttle {
         }
     }
 
+    /// The chunk size to send at under a limit: a tenth of a second's
+    /// worth (at least [`MIN_CHUNK`], at most `max`), so the bytes and the
+    /// progress bar move several times a second; `None` without a limit.
+    pub fn chunk(&self, max: usize) -> Option<usize> {
+        let tenth = usize::try_from(self.rate? / 10).unwrap_or(usize::MAX);
+        Some(tenth.clamp(MIN_CHUNK.min(max), max))
+    }
+
     /// How long to wait after moving `n` more bytes, at `now`.
     fn debt(&mut self, n: u64, now: Instant) -> Duration {
         let Some(rate) = self.rate else {
@@ -104,6 +115,14 @@ mod tests {
         assert_eq!(parse_rate("100"), Ok(100));
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn chunks_shrink_to_a_tenth_of_a_second_under_a_limit() {
+        assert_eq!(Throttle::at(None).chunk(131_072), None);
+        assert_eq!(Throttle::at(Some(1 << 30)).chunk(131_072), Some(131_072));
+        assert_eq!(Throttle::at(Some(500 * 1024)).chunk(131_072), Some(51_200));
+        assert_eq!(Throttle::at(Some(100)).chunk(131_072), Some(512));
     }
 
     #[test]

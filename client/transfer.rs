@@ -199,12 +199,17 @@ fn send_chunks(
     let mut writes = 0u64;
     let mut pace = conn.pace(Awaiting::Upload);
     let mut throttle = Throttle::new();
+    // Under --limit-rate: small chunks, one per write, for a steady rate.
+    let (chunk, batch) = match throttle.chunk(CHUNK_SIZE) {
+        Some(chunk) => (chunk, CHUNK_HEADER_MAX + chunk),
+        None => (CHUNK_SIZE, buf.len()),
+    };
     while pos < size {
         let mut used = 0;
         let batch_start = pos;
-        while pos < size && used + CHUNK_HEADER_MAX + CHUNK_SIZE <= buf.len() {
+        while pos < size && used + CHUNK_HEADER_MAX + chunk <= batch {
             // Bounded by CHUNK_SIZE, so it fits in usize.
-            let n = (size - pos).min(CHUNK_SIZE as u64) as usize;
+            let n = (size - pos).min(chunk as u64) as usize;
             let mut header = [0; CHUNK_HEADER_MAX];
             let h = chunk_header(REQUEST_CHUNK_TAG, n, &mut header);
             buf[used..used + h].copy_from_slice(&header[..h]);
