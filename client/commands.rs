@@ -112,11 +112,16 @@ fn ping(conn: &mut Conn) -> anyhow::Result<()> {
         other => return Err(Failure::unexpected("Pong", &other).into()),
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    print_lines([format!(
+    let first = format!(
         "{} (protocol {}), round trip {ms:.2} ms",
         conn.server(),
         conn.version()
-    )])
+    );
+    let security = conn
+        .security_summary()
+        .into_iter()
+        .map(|(what, value)| format!("{what}: {value}"));
+    print_lines(std::iter::once(first).chain(security))
 }
 
 /// Lists `path`, or shows a single entry when `path` is a file.

@@ -11,23 +11,20 @@
 //! `pace.rs` however the server spaces its bytes.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use ftpd::frame::{self, HEADER_LEN};
-use ftpd::proto::{ErrorCode, MAGIC, MAX_FRAME, NONCE_LEN, PROTOCOL_VERSION, Reply, Request};
-use ftpd::scram;
+use ftpd::proto::{ErrorCode, MAGIC, MAX_FRAME, PROTOCOL_VERSION, Reply, Request};
+use ftpd::scram::{self, ClientLogin, ClientLoginError};
 
 use crate::display::sanitize;
 use crate::error::Failure;
 use crate::pace::{Awaiting, Pace};
+use crate::transport::{self, Security, Transport};
 
 /// How long to wait for the TCP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Shortest server nonce we accept: below 128 bits a replayed or predictable
-/// challenge becomes plausible.
-const MIN_SERVER_NONCE: usize = 16;
 
 /// Receive buffer size: several whole frames, so one `read` can take in a
 /// lot of a download at once, and a partial frame rarely has to be moved.
@@ -39,7 +36,10 @@ const MIN_READ: usize = 64 * 1024;
 
 /// One session with the server.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Transport,
+    /// The server's address as given, the key of its pin.
+    addr: String,
+    security: Security,
     /// Received bytes; `rx[start..end]` are not yet consumed.
     rx: Box<[u8]>,
     start: usize,
@@ -59,8 +59,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `addr` ("host:port") and exchanges `Hello`.
-    pub fn connect(addr: &str, timeout: Duration) -> Result<Conn, Failure> {
+    /// Connects to `addr` ("host:port"), secures the connection as
+    /// `security` says, and exchanges `Hello`.
+    pub fn connect(addr: &str, timeout: Duration, security: &Security) -> Result<Conn, Failure> {
         let cannot =
             |e: &dyn std::fmt::Display| Failure::Link(format!("cannot connect to {addr}: {e}"));
         let addrs = addr.to_socket_addrs().map_err(|e| cannot(&e))?;
@@ -83,8 +84,14 @@ impl Conn {
         // Requests are small and answered one by one: do not let Nagle
         // hold them back waiting for an ACK.
         stream.set_nodelay(true).map_err(|e| cannot(&e))?;
+        let stream = match security {
+            Security::Plaintext => Transport::Plain(stream),
+            Security::Tls(policy) => transport::handshake(stream, addr, policy, timeout)?,
+        };
         let mut conn = Conn {
             stream,
+            addr: addr.to_owned(),
+            security: security.clone(),
             rx: vec![0; RX_CAP].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -121,6 +128,13 @@ impl Conn {
             }) => Err(Failure::Link(format!(
                 "version mismatch: this ftpc speaks protocol {PROTOCOL_VERSION}; the server says: {message}"
             ))),
+            Err(Failure::Refused {
+                code: ErrorCode::TlsRequired,
+                ..
+            }) => Err(Failure::Link(format!(
+                "the server at {} requires TLS; connect without --plaintext",
+                self.addr
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -137,7 +151,8 @@ impl Conn {
 
     /// Logs in as `user` with SCRAM: proves we know the password without
     /// sending it, and makes the server prove it knows the password's key.
-    pub fn login(&mut self, user: &str, password: &[u8]) -> Result<(), Failure> {
+    /// Returns a note for the user when it pinned the server's key.
+    pub fn login(&mut self, user: &str, password: &[u8]) -> Result<Option<String>, Failure> {
         let failed = |m: &str| Failure::Login(format!("login failed for {}: {m}", sanitize(user)));
         let login_error = |e: Failure| match e {
             Failure::Refused { code, message } => match code {
@@ -149,12 +164,11 @@ impl Conn {
             other => other,
         };
 
-        let mut client_nonce = [0u8; NONCE_LEN];
-        scram::fill_random(&mut client_nonce)
+        let login = ClientLogin::start(user, self.stream.channel_binding())
             .map_err(|e| Failure::Local(format!("cannot get random bytes: {e}")))?;
         self.send(&Request::LoginStart {
             user: user.to_owned(),
-            client_nonce: client_nonce.to_vec(),
+            client_nonce: login.client_nonce().to_vec(),
         })?;
         let (server_nonce, salt, kdf) = match self.recv().map_err(login_error)? {
             Reply::Challenge {
@@ -164,41 +178,66 @@ impl Conn {
             } => (server_nonce, salt, kdf),
             other => return Err(Failure::unexpected("Challenge", &other)),
         };
-        if server_nonce.len() < MIN_SERVER_NONCE {
-            return Err(Failure::Link(format!(
-                "protocol error: the server's nonce has only {} bytes",
-                server_nonce.len()
-            )));
-        }
-        // Before spending time and memory on scrypt: a hostile server could
-        // ask for settings that take minutes or gigabytes.
-        scram::check_kdf(&kdf).map_err(|e| Failure::Link(format!("cannot log in: {e}")))?;
-        let keys = scram::client_keys(password, &salt, &kdf)
+        let (proof, waiting) = login
+            .on_challenge(&server_nonce, &salt, kdf, |salt, kdf| {
+                scram::client_keys(password, salt, kdf)
+            })
+            .map_err(client_login_failure)?
             .map_err(|e| Failure::Local(format!("cannot derive the login key: {e}")))?;
-        let auth_message = scram::Transcript {
-            user,
-            client_nonce: &client_nonce,
-            server_nonce: &server_nonce,
-            salt: &salt,
-            kdf,
-        }
-        .auth_message();
-        let proof = scram::client_proof(&keys, &auth_message);
         self.send(&Request::LoginProof {
             proof: proof.to_vec(),
         })?;
         match self.recv().map_err(login_error)? {
             Reply::LoginOk { server_signature } => {
-                if scram::verify_server_signature(&keys, &auth_message, &server_signature) {
-                    Ok(())
-                } else {
-                    Err(Failure::Login(
-                        "the server could not prove it knows your password; refusing it".into(),
-                    ))
-                }
+                waiting
+                    .on_success(&server_signature)
+                    .map_err(client_login_failure)?;
+                Ok(self.pin_if_new())
             }
             other => Err(Failure::unexpected("LoginOk", &other)),
         }
+    }
+
+    /// Pins a key accepted on first contact, now that the server proved
+    /// over this very channel that it holds the user's `ServerKey`. Says
+    /// what it did, as a note for the user; a pin that cannot be written
+    /// costs only a question next time.
+    fn pin_if_new(&mut self) -> Option<String> {
+        let (Security::Tls(policy), Some(secured)) = (&self.security, self.stream.secured()) else {
+            return None;
+        };
+        if !secured.trusted.to_pin() {
+            return None;
+        }
+        let file = policy.known_hosts.path.display();
+        if let Ok(Some((pinned, _))) = policy.known_hosts.lookup(&policy.host_port)
+            && pinned == secured.fingerprint
+        {
+            return None;
+        }
+        Some(
+            match policy
+                .known_hosts
+                .pin(&policy.host_port, &secured.fingerprint)
+            {
+                Ok(()) => format!(
+                    "pinned the key {} for {} in {file}",
+                    secured.fingerprint, policy.host_port
+                ),
+                Err(e) => format!("warning: cannot pin the server's key in {file}: {e}"),
+            },
+        )
+    }
+
+    /// What protects the connection, for `ping`: the TLS version, cipher
+    /// suite, key exchange and the server's key fingerprint.
+    pub fn security_summary(&self) -> Vec<(&'static str, String)> {
+        let mut lines = vec![("transport", self.stream.describe())];
+        if let Some(s) = self.stream.secured() {
+            lines.push(("server key", s.fingerprint.to_string()));
+            lines.push(("trusted because", s.trusted.describe().to_owned()));
+        }
+        lines
     }
 
     /// How long a reply may take (`--timeout`).
@@ -302,7 +341,7 @@ impl Conn {
         }
         loop {
             // Only fails for a zero duration, which `left` never is.
-            let _ = self.stream.set_read_timeout(Some(pace.left()?));
+            let _ = self.stream.tcp().set_read_timeout(Some(pace.left()?));
             match self.stream.read(&mut self.rx[self.end..]) {
                 Ok(0) => return Err(Failure::Link("the server closed the connection".into())),
                 Ok(n) => {
@@ -320,20 +359,21 @@ impl Conn {
     /// Whether the server has sent something (or closed) without our
     /// asking; lets an upload notice an early `Error` without blocking.
     pub fn reply_waiting(&mut self) -> bool {
-        if self.start + self.lent < self.end {
+        if self.start + self.lent < self.end || self.stream.holds_input() {
             return true;
         }
-        if self.stream.set_nonblocking(true).is_err() {
+        let tcp = self.stream.tcp();
+        if tcp.set_nonblocking(true).is_err() {
             return false;
         }
         let mut byte = [0u8; 1];
-        let waiting = match self.stream.peek(&mut byte) {
+        let waiting = match tcp.peek(&mut byte) {
             // Data, or EOF: either way the next `recv` has something to say.
             Ok(_) => true,
             Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
         };
         // If this fails the next blocking read fails too and reports it.
-        let _ = self.stream.set_nonblocking(false);
+        let _ = tcp.set_nonblocking(false);
         waiting
     }
 
@@ -341,18 +381,18 @@ impl Conn {
     /// either way.
     pub fn bye(mut self) {
         if self.send(&Request::Bye).is_ok() {
-            let _ = self.stream.shutdown(Shutdown::Write);
+            self.stream.close();
         }
     }
 }
 
 /// Writes all of `bytes` before `pace`'s deadline, counting what the
 /// server takes as progress.
-fn write_paced(stream: &mut TcpStream, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
+fn write_paced(stream: &mut Transport, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
     let mut rest = bytes;
     while !rest.is_empty() {
         // Only fails for a zero duration, which `left` never is.
-        let _ = stream.set_write_timeout(Some(pace.left()?));
+        let _ = stream.tcp().set_write_timeout(Some(pace.left()?));
         match stream.write(rest) {
             Ok(0) => {
                 let e = std::io::Error::from(ErrorKind::WriteZero);
@@ -382,4 +422,12 @@ fn is_retry(e: &std::io::Error) -> bool {
 /// Words for a socket error.
 fn lost(e: &std::io::Error, doing: &str) -> Failure {
     Failure::Link(format!("connection lost while {doing}: {e}"))
+}
+
+/// A login the client's side refused.
+fn client_login_failure(e: ClientLoginError) -> Failure {
+    match e {
+        ClientLoginError::ShortNonce(_) | ClientLoginError::Kdf(_) => Failure::Link(e.to_string()),
+        ClientLoginError::ServerUnproven => Failure::Login(e.to_string()),
+    }
 }

@@ -23,6 +23,8 @@ pub mod exit {
     pub const QUOTA: u8 = 6;
     /// Data did not match its CRC32.
     pub const INTEGRITY: u8 = 7;
+    /// The server's key is not trusted (unknown, changed, not the one given).
+    pub const TRUST: u8 = 8;
 }
 
 /// A failure with a known exit code.
@@ -43,6 +45,20 @@ pub enum Failure {
     /// Transferred data did not match its CRC32.
     #[error("{0}")]
     Integrity(String),
+    /// The server's key was refused (already phrased for the user).
+    #[error("{0}")]
+    Trust(String),
+    /// First contact with a key nothing vouches for; the caller may ask
+    /// the user, as ssh does.
+    #[error(
+        "the server at {host_port} is not known yet; its key fingerprint is {offered}\n\
+         If that is the fingerprint `ftpd fingerprint` prints on the server, connect once with \
+         --fingerprint {offered} (or --accept-new) to trust it."
+    )]
+    UnknownKey {
+        host_port: String,
+        offered: ftpd::tls::Fingerprint,
+    },
     /// `ftpc`'s own side failed outside any file (no randomness, ...).
     #[error("{0}")]
     Local(String),
@@ -87,6 +103,7 @@ impl Failure {
             Failure::Refused { code, .. } => code_exit(*code),
             Failure::Integrity(_) => exit::INTEGRITY,
             Failure::Local(_) | Failure::Cancelled => exit::OTHER,
+            Failure::Trust(_) | Failure::UnknownKey { .. } => exit::TRUST,
             Failure::Script { code, .. } => *code,
         }
     }
@@ -94,7 +111,10 @@ impl Failure {
     /// Whether the session cannot carry on after this failure.
     pub fn is_fatal(&self) -> bool {
         match self {
-            Failure::Link(_) | Failure::Login(_) => true,
+            Failure::Link(_)
+            | Failure::Login(_)
+            | Failure::Trust(_)
+            | Failure::UnknownKey { .. } => true,
             Failure::Refused { code, .. } => code_exit(*code) == exit::CONNECTION,
             _ => false,
         }
@@ -109,7 +129,7 @@ fn code_exit(code: ErrorCode) -> u8 {
         QuotaExceeded => exit::QUOTA,
         CrcMismatch => exit::INTEGRITY,
         // The server closes the session after these.
-        VersionMismatch | NotLoggedIn | Timeout => exit::CONNECTION,
+        VersionMismatch | NotLoggedIn | Timeout | TlsRequired | NoTls => exit::CONNECTION,
         BadRequest | NotFound | AlreadyExists | NotADirectory | IsADirectory | NotEmpty
         | PermissionDenied | Busy | TransferFailed | Io | Internal | Unavailable => exit::REFUSED,
     }
@@ -138,6 +158,8 @@ fn describe(code: ErrorCode) -> &'static str {
         TransferFailed => "the transfer failed",
         Io => "the server's disk failed",
         Unavailable => "the server is out of resources right now; try again later",
+        TlsRequired => "the server speaks only TLS; connect without --plaintext",
+        NoTls => "the server does not speak TLS; --plaintext is for trusted links only",
         Internal => "internal server error",
     }
 }

@@ -21,6 +21,7 @@
 //! | 5    | the server refused the command (not found, permission denied, exists, busy, ...) |
 //! | 6    | quota exceeded                                                           |
 //! | 7    | integrity error: the data did not match its CRC32                         |
+//! | 8    | the server's key is not trusted: unknown, changed, or not the one given   |
 //!
 //! In a shell reading a script from stdin, a failing line is reported and the
 //! shell goes on; it exits with the code of the last failing line, or at once
@@ -37,6 +38,8 @@ mod progress;
 mod rate;
 mod shell;
 mod transfer;
+mod transport;
+mod trust;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -83,6 +86,8 @@ struct Cli {
     /// quotas, binary).
     #[arg(long, value_name = "RATE", value_parser = rate::parse_rate)]
     limit_rate: Option<u64>,
+    #[command(flatten)]
+    trust: trust::TrustArgs,
     #[command(subcommand)]
     command: Option<TopCommand>,
 }
@@ -124,8 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .into());
         }
     };
+    let timeout = Duration::from_secs(cli.timeout);
     if let TopCommand::Session(Command::Ping) = command {
-        let mut conn = Conn::connect(&cli.server, Duration::from_secs(cli.timeout))?;
+        let mut conn = trust::connect(&cli.server, timeout, &cli.trust)?;
         commands::run(&mut conn, &Command::Ping, cli.quiet)?;
         conn.bye();
         return Ok(());
@@ -136,11 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
-    let timeout = Duration::from_secs(cli.timeout);
-    let server = cli.server.clone();
+    let (server, trust, quiet) = (&cli.server, &cli.trust, cli.quiet);
     let open = move || -> Result<Conn, Failure> {
-        let mut conn = Conn::connect(&server, timeout)?;
-        conn.login(user, password.as_bytes())?;
+        let mut conn = trust::connect(server, timeout, trust)?;
+        if let Some(note) = conn.login(user, password.as_bytes())? {
+            progress::note(quiet, &note);
+        }
         Ok(conn)
     };
     let mut conn = open()?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Single-transfer throughput: put and get of one large file, each compared in
-# the same run with the raw loopback ceiling (a plain socket copy of the same
-# number of bytes, measured by examples/loopback_ceiling.rs).
+# Single-transfer throughput: put and get of one large file, over TLS (the
+# default) and with --plaintext, side by side in the same run, each compared
+# with the raw loopback ceiling (a plain socket copy of the same number of
+# bytes, measured by examples/loopback_ceiling.rs).
 #
 # usage: scripts/bench.sh [--size-mib N] [--runs N] [--dir DIR]...
 #   default: 1024 MiB, 3 runs, once with the data folder on tmpfs (/dev/shm)
@@ -48,13 +49,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf '%-28s %8s %10s %10s %12s %10s\n' "data folder" "what" "whole MB/s" "xfer MB/s" "ceiling MB/s" "ratio"
+printf '%-28s %-10s %5s %10s %10s %12s %10s\n' "data folder" "transport" "what" "whole MB/s" "xfer MB/s" "ceiling MB/s" "ratio"
 for dir in "${DIRS[@]}"; do
+  for mode in tls plaintext; do
     mkdir -p "$dir"
     WORK=$(mktemp -d "$dir/ftpd-bench.XXXXXX")
     ROOT=$WORK/root
     echo bench-password | "$FTPD" --root "$ROOT" user add bench --quota 100G --password-stdin > /dev/null
-    "$FTPD" --root "$ROOT" --listen 127.0.0.1:0 --log-level warn > "$WORK/out" 2> "$WORK/log" &
+    unset FTPC_PLAINTEXT FTPC_FINGERPRINT
+    if [ "$mode" = plaintext ]; then
+        FLAGS=(--plaintext); export FTPC_PLAINTEXT=1
+    else
+        FLAGS=(); export FTPC_FINGERPRINT; FTPC_FINGERPRINT=$("$FTPD" --root "$ROOT" fingerprint)
+    fi
+    export FTPC_KNOWN_HOSTS=$WORK/known_hosts
+    "$FTPD" --root "$ROOT" --listen 127.0.0.1:0 --log-level warn "${FLAGS[@]}" > "$WORK/out" 2> "$WORK/log" &
     SERVER=$!
     for _ in $(seq 100); do [ -s "$WORK/out" ] && break; sleep 0.05; done
     export FTPC_SERVER FTPC_USER=bench FTPC_PASSWORD=bench-password
@@ -83,9 +92,10 @@ for dir in "${DIRS[@]}"; do
         xfer=$(minus "$whole" "$login")
         w=$(mbps "$whole"); x=$(mbps "$xfer")
         ratio=$(awk -v x="$x" -v c="$ceil" 'BEGIN { printf "%.2f", x / c }')
-        printf '%-28s %8s %10s %10s %12s %10s\n' "$dir" "$what" "$w" "$x" "$ceil" "$ratio"
+        printf '%-28s %-10s %5s %10s %10s %12s %10s\n' "$dir" "$mode" "$what" "$w" "$x" "$ceil" "$ratio"
     done
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
     rm -rf "$WORK"; WORK=""
+  done
 done
 echo "($SIZE_MIB MiB, median of $RUNS runs; login+request median subtracted for 'xfer')"

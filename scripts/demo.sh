@@ -45,7 +45,13 @@ done
 ADDR=$(head -n 1 "$WORK/ftpd.out" | sed 's/^listening on //')
 echo "== ftpd is listening on $ADDR (log: $LOG)"
 
-export FTPC_SERVER="$ADDR" FTPC_USER=demo FTPC_PASSWORD
+# The server made its TLS key on first start; a user gets this fingerprint
+# from the administrator and passes it once (ftpc pins it after the login).
+FINGERPRINT=$("$FTPD" --root "$ROOT" fingerprint)
+echo "== the server's key fingerprint: $FINGERPRINT"
+export FTPC_SERVER="$ADDR" FTPC_USER=demo FTPC_PASSWORD FTPC_FINGERPRINT="$FINGERPRINT"
+# Pins go to a file of this demo's own, not to ~/.config/ftpc/known_hosts.
+export FTPC_KNOWN_HOSTS="$WORK/known_hosts"
 FTPC_PASSWORD=$(cat "$PASSFILE")
 run() {
     echo "\$ ftpc $*"

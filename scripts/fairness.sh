@@ -19,7 +19,8 @@ flood_quota=1
 [ "${1:-}" = uploads ] && flood_quota=10G
 echo pw | "$ftpd" --root "$root" user add flood --quota "$flood_quota" --password-stdin --kdf-log-n 14 >/dev/null
 echo pw | "$ftpd" --root "$root" user add other --password-stdin --kdf-log-n 14 >/dev/null
-"$ftpd" --root "$root" --listen 127.0.0.1:0 --log-level error >"$log" 2>/dev/null &
+# The example speaks the protocol in clear: fairness is the reactor's, above the transport.
+"$ftpd" --root "$root" --listen 127.0.0.1:0 --plaintext --log-level error >"$log" 2>/dev/null &
 pid=$!
 for _ in $(seq 100); do
     addr=$(sed -n 's/^listening on //p' "$log")

@@ -15,6 +15,7 @@
 #   --tmpfs              put the data folder on /dev/shm (no disk in the figures)
 #   --json               one JSON object per scenario instead of tables
 #   --keep-data          leave the data folder in place
+#   --plaintext          run server and ftpload without TLS (default: TLS)
 #   -h, --help
 #
 # Per-scenario settings (environment): LOGIN_N=1000, TRANSFER_N=1000,
@@ -44,6 +45,7 @@ SCENARIOS="login transfer idle mixed"
 TMPFS=0
 JSON=0
 KEEP_DATA=0
+TRANSPORT=
 USERS=8
 
 usage() {
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
         --tmpfs) TMPFS=1; shift ;;
         --json) JSON=1; shift ;;
         --keep-data) KEEP_DATA=1; shift ;;
+        --plaintext) TRANSPORT=--plaintext; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "loadtest.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -120,7 +123,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # Starts ftpd on a free port; sets SERVER_PID and ADDR.
 start_server() {
     : > "$WORK/ftpd.out"
-    "$BIN/ftpd" --root "$DATA" --listen 127.0.0.1:0 \
+    # shellcheck disable=SC2086 # TRANSPORT is empty or one flag
+    "$BIN/ftpd" --root "$DATA" --listen 127.0.0.1:0 $TRANSPORT \
         --max-conns 30000 --max-conns-per-ip 30000 --max-sessions-per-user 0 \
         --log-level warn >"$WORK/ftpd.out" 2>>"$WORK/ftpd.err" &
     SERVER_PID=$!
@@ -174,7 +178,13 @@ run() {
     start_server
     echo "== $name: ftpload $*" >&2
     # shellcheck disable=SC2086 # EXTRA_ARGS is a list of words on purpose
-    if "$BIN/ftpload" "$name" --addr "$ADDR" --users "$WORK/users.txt" \
+    if [ -n "$TRANSPORT" ]; then
+        TRUST=--plaintext
+    else
+        TRUST="--fingerprint $("$BIN/ftpd" --root "$DATA" fingerprint)"
+    fi
+    # shellcheck disable=SC2086 # TRUST is a flag and its value
+    if "$BIN/ftpload" "$name" --addr "$ADDR" --users "$WORK/users.txt" $TRUST \
         --server-pid "$SERVER_PID" $OUTPUT $EXTRA_ARGS "$@"; then
         RESULTS="$RESULTS $name:ok"
     else

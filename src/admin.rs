@@ -429,6 +429,7 @@ mod tests {
             server_nonce: b"s",
             salt: &keys.salt,
             kdf: keys.kdf,
+            channel_binding: None,
         };
         let am = t.auth_message();
         let client = scram::client_keys(password, &keys.salt, &keys.kdf).unwrap();

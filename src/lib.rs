@@ -9,5 +9,6 @@ pub mod proto;
 pub mod scram;
 pub mod server;
 pub mod size;
+pub mod tls;
 pub mod usage;
 pub mod users;

@@ -34,6 +34,16 @@ enum Command {
     /// Manage users: add, passwd, del, list, quota.
     #[command(subcommand)]
     User(UserCommand),
+    /// Print the fingerprint of the server's TLS key, for users to pin
+    /// (`ftpc --fingerprint ...`); creates the key if there is none yet.
+    Fingerprint {
+        /// The certificate, if the server runs with --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Its key, if the server runs with --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
 }
 
 /// A flag's accepted values, as a clap parser: out of range is a usage
@@ -95,12 +105,52 @@ struct ServeArgs {
     /// Log detail on stderr.
     #[arg(long, value_enum, default_value = "info")]
     log_level: Level,
+    /// Serve this certificate chain (PEM) instead of the self-signed one
+    /// made in the data folder; SIGHUP reloads it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "plaintext"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "plaintext"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Speak without TLS: nothing is encrypted. Only for a link that is
+    /// already private (a VPN, an SSH tunnel) and for benchmarks; clients
+    /// must ask for it too.
+    #[arg(long)]
+    plaintext: bool,
+}
+
+/// Where the TLS identity comes from, per the flags.
+fn tls_source(
+    root: &std::path::Path,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> ftpd::tls::identity::Source {
+    use ftpd::tls::identity::Source;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Source::Files { cert, key },
+        _ => Source::Generated {
+            root: root.to_owned(),
+        },
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),
+        Some(Command::Fingerprint { tls_cert, tls_key }) => {
+            print_fingerprint(&tls_source(&cli.root, tls_cert, tls_key))
+        }
         None => serve(cli.root, cli.serve),
     };
     log::flush(LOG_FLUSH_WAIT);
@@ -114,13 +164,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_fingerprint(source: &ftpd::tls::identity::Source) -> anyhow::Result<()> {
+    if let ftpd::tls::identity::Source::Generated { root } = source {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating data folder {}", root.display()))?;
+    }
+    let identity = source.load()?;
+    println!("{}", identity.fingerprint);
+    Ok(())
+}
+
 fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     log::set_level(args.log_level);
     log::start().context("starting the logging thread")?;
     raise_open_files_limit(args.max_conns);
     let cfg = Config {
         listen: args.listen,
-        root,
+        root: root.clone(),
         max_conns: args.max_conns,
         max_conns_per_ip: args.max_conns_per_ip,
         max_sessions_per_user: args.max_sessions_per_user,
@@ -136,6 +196,7 @@ fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
             lockout: Duration::from_secs(args.lockout_secs),
         },
         disk_threads: args.disk_threads,
+        tls: (!args.plaintext).then(|| tls_source(&root, args.tls_cert, args.tls_key)),
     };
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;

@@ -67,7 +67,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Sent first by every client ("FTPD" in ASCII), so that a stray client of
 /// another protocol is told apart from a client of another version.
@@ -104,6 +104,13 @@ pub const LIST_BATCH: usize = 256;
 
 /// Length of each side's login nonce, in bytes (192 bits).
 pub const NONCE_LEN: usize = 24;
+
+/// Shortest nonce either side accepts from the other: below 128 bits a
+/// replayed or predictable challenge becomes plausible.
+pub const MIN_NONCE_LEN: usize = 16;
+
+/// Longest nonce the server accepts from a client.
+pub const MAX_NONCE_LEN: usize = 64;
 
 /// postcard's variant index of [`Reply::Chunk`], for [`crate::frame::chunk_header`].
 pub const REPLY_CHUNK_TAG: u8 = 14;
@@ -263,6 +270,10 @@ pub enum ErrorCode {
     Internal,
     /// The server is out of a resource (open files, memory) for now.
     Unavailable,
+    /// Sent in clear to a client that spoke in clear to a TLS server.
+    TlsRequired,
+    /// Sent in clear by a `--plaintext` server to a client that began TLS.
+    NoTls,
 }
 
 /// scrypt settings for one user; bound into the login transcript.

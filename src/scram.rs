@@ -24,7 +24,8 @@ use std::fmt;
 use subtle::{Choice, ConstantTimeEq};
 use thiserror::Error;
 
-use crate::proto::{KdfParams, PROTOCOL_VERSION};
+use crate::proto::{KdfParams, MIN_NONCE_LEN, NONCE_LEN, PROTOCOL_VERSION};
+use crate::tls::ChannelBinding;
 
 /// Key-derivation settings for new users: scrypt N = 2^15, r = 8, p = 1,
 /// which takes 32 MiB of memory per derivation.
@@ -50,7 +51,7 @@ const MAX_KDF_MEMORY: u64 = 1 << 30;
 
 /// Domain tag at the start of every auth message, so a proof made for this
 /// protocol can never be replayed as a signature for anything else.
-const DOMAIN: &[u8] = b"ftpd-scram-v1";
+const DOMAIN: &[u8] = b"ftpd-scram-v2";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -122,13 +123,18 @@ pub struct Transcript<'a> {
     pub salt: &'a [u8],
     /// The scrypt settings from `Challenge`.
     pub kdf: KdfParams,
+    /// The TLS channel's `tls-exporter` binding; `None` only over
+    /// `--plaintext`. Each end takes it from its own side of the channel,
+    /// so a relay that terminates TLS (two channels) breaks both proofs.
+    pub channel_binding: Option<&'a ChannelBinding>,
 }
 
 impl Transcript<'_> {
     /// The bytes both sides sign.
     ///
     /// ```text
-    /// "ftpd-scram-v1" | PROTOCOL_VERSION: u32 BE
+    /// "ftpd-scram-v2" | PROTOCOL_VERSION: u32 BE
+    /// | binding: 0 (plaintext) or 1 and the 32 bytes of tls-exporter
     /// | len: u32 BE | user | len | client_nonce | len | server_nonce | len | salt
     /// | log_n: u8 | r: u32 BE | p: u32 BE
     /// ```
@@ -143,10 +149,17 @@ impl Transcript<'_> {
             self.salt,
         ];
         let mut out = Vec::with_capacity(
-            DOMAIN.len() + 4 + fields.iter().map(|f| 4 + f.len()).sum::<usize>() + 9,
+            DOMAIN.len() + 4 + 33 + fields.iter().map(|f| 4 + f.len()).sum::<usize>() + 9,
         );
         out.extend_from_slice(DOMAIN);
         out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        match self.channel_binding {
+            None => out.push(0),
+            Some(binding) => {
+                out.push(1);
+                out.extend_from_slice(binding);
+            }
+        }
         for field in fields {
             // Fields come from bounded frames, far below 4 GiB; saturating
             // keeps the encoding total even if that ever changed.
@@ -259,6 +272,107 @@ pub fn verify_server_signature(keys: &ClientKeys, auth_message: &[u8], sig: &[u8
     bool::from(expected.as_slice().ct_eq(sig))
 }
 
+/// Why a login failed on the client's side, before or after the server
+/// answered.
+#[derive(Debug, Error)]
+pub enum ClientLoginError {
+    /// The server's nonce is too short to make a challenge unpredictable.
+    #[error("protocol error: the server's nonce has only {0} bytes")]
+    ShortNonce(usize),
+    /// The server asked for scrypt settings outside the accepted range.
+    #[error("cannot log in: {0}")]
+    Kdf(String),
+    /// The server could not prove it knows the user's `ServerKey`.
+    #[error("the server could not prove it knows your password; refusing it")]
+    ServerUnproven,
+}
+
+/// The client's side of the login, without I/O: [`ClientLogin::start`]
+/// gives what `LoginStart` carries, [`ClientLogin::on_challenge`] the
+/// proof for `LoginProof`, and [`AwaitingOk::on_success`] checks the
+/// server's signature from `LoginOk`. ftpc and ftpload both drive it, so
+/// the transcript and the channel binding live only here.
+pub struct ClientLogin {
+    user: String,
+    client_nonce: [u8; NONCE_LEN],
+    channel_binding: Option<ChannelBinding>,
+}
+
+/// A login that sent its proof and waits for the server's signature.
+pub struct AwaitingOk {
+    keys: ClientKeys,
+    auth_message: Vec<u8>,
+}
+
+impl ClientLogin {
+    /// Starts a login of `user` over a channel with `channel_binding`
+    /// (`None` only in clear), with a fresh nonce.
+    pub fn start(
+        user: &str,
+        channel_binding: Option<ChannelBinding>,
+    ) -> std::io::Result<ClientLogin> {
+        let mut client_nonce = [0u8; NONCE_LEN];
+        fill_random(&mut client_nonce)?;
+        Ok(ClientLogin {
+            user: user.to_owned(),
+            client_nonce,
+            channel_binding,
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The nonce `LoginStart` carries.
+    pub fn client_nonce(&self) -> &[u8] {
+        &self.client_nonce
+    }
+
+    /// Checks the challenge, derives (or looks up) the keys with `keys`,
+    /// and returns the proof for `LoginProof`. The challenge is checked
+    /// before `keys` runs: a hostile server could ask for settings that
+    /// take minutes or gigabytes.
+    pub fn on_challenge<E>(
+        self,
+        server_nonce: &[u8],
+        salt: &[u8],
+        kdf: KdfParams,
+        keys: impl FnOnce(&[u8], &KdfParams) -> Result<ClientKeys, E>,
+    ) -> Result<Result<([u8; KEY_LEN], AwaitingOk), E>, ClientLoginError> {
+        if server_nonce.len() < MIN_NONCE_LEN {
+            return Err(ClientLoginError::ShortNonce(server_nonce.len()));
+        }
+        check_kdf(&kdf).map_err(ClientLoginError::Kdf)?;
+        let keys = match keys(salt, &kdf) {
+            Ok(keys) => keys,
+            Err(e) => return Ok(Err(e)),
+        };
+        let auth_message = Transcript {
+            user: &self.user,
+            client_nonce: &self.client_nonce,
+            server_nonce,
+            salt,
+            kdf,
+            channel_binding: self.channel_binding.as_ref(),
+        }
+        .auth_message();
+        let proof = client_proof(&keys, &auth_message);
+        Ok(Ok((proof, AwaitingOk { keys, auth_message })))
+    }
+}
+
+impl AwaitingOk {
+    /// Checks the server's signature from `LoginOk`.
+    pub fn on_success(&self, server_signature: &[u8]) -> Result<(), ClientLoginError> {
+        if verify_server_signature(&self.keys, &self.auth_message, server_signature) {
+            Ok(())
+        } else {
+            Err(ClientLoginError::ServerUnproven)
+        }
+    }
+}
+
 /// Fills `buf` from the operating system's random number generator.
 pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     getrandom::fill(buf).map_err(|e| match e.raw_os_error() {
@@ -337,6 +451,7 @@ mod tests {
             server_nonce: b"server nonce 0123456789ab",
             salt: &keys.salt,
             kdf: keys.kdf,
+            channel_binding: Some(&[9u8; 32]),
         }
     }
 
@@ -399,6 +514,54 @@ mod tests {
     }
 
     #[test]
+    fn client_login_round_trip_and_channel_mismatch() {
+        let stored = stored_keys(b"pw", FAST).unwrap();
+        let run = |client_binding: [u8; 32], server_binding: [u8; 32]| {
+            let login = ClientLogin::start("alice", Some(client_binding)).unwrap();
+            let server_nonce = [5u8; NONCE_LEN];
+            let server_am = Transcript {
+                user: "alice",
+                client_nonce: login.client_nonce(),
+                server_nonce: &server_nonce,
+                salt: &stored.salt,
+                kdf: stored.kdf,
+                channel_binding: Some(&server_binding),
+            }
+            .auth_message();
+            let (proof, waiting) = login
+                .on_challenge(&server_nonce, &stored.salt, stored.kdf, |salt, kdf| {
+                    client_keys(b"pw", salt, kdf)
+                })
+                .unwrap()
+                .unwrap();
+            let accepted = verify_client_proof(&stored.stored_key, &server_am, &proof);
+            let signed = waiting
+                .on_success(&server_signature(&stored.server_key, &server_am))
+                .is_ok();
+            (accepted, signed)
+        };
+        assert_eq!(run([1; 32], [1; 32]), (true, true));
+        // Two different channels (a relay in the middle): neither side's
+        // proof holds on the other's channel.
+        assert_eq!(run([1; 32], [2; 32]), (false, false));
+    }
+
+    #[test]
+    fn client_login_refuses_weak_challenges_before_deriving() {
+        let login = || ClientLogin::start("alice", None).unwrap();
+        let never = |_: &[u8], _: &KdfParams| -> Result<ClientKeys, ()> { panic!("derived") };
+        assert!(matches!(
+            login().on_challenge(&[0; MIN_NONCE_LEN - 1], b"salt", FAST, never),
+            Err(ClientLoginError::ShortNonce(15))
+        ));
+        let weak = KdfParams { log_n: 10, ..FAST };
+        assert!(matches!(
+            login().on_challenge(&[0; NONCE_LEN], b"salt", weak, never),
+            Err(ClientLoginError::Kdf(_))
+        ));
+    }
+
+    #[test]
     fn wrong_password_fails() {
         let stored = stored_keys(b"correct horse", FAST).unwrap();
         let am = transcript(&stored).auth_message();
@@ -421,6 +584,14 @@ mod tests {
 
         let other_salt = [0u8; SALT_LEN];
         let variants = [
+            Transcript {
+                channel_binding: Some(&[8u8; 32]),
+                ..t
+            },
+            Transcript {
+                channel_binding: None,
+                ..t
+            },
             Transcript { user: "alicf", ..t },
             Transcript { user: "alic", ..t },
             Transcript {
@@ -466,6 +637,7 @@ mod tests {
             server_nonce: b"",
             salt: b"",
             kdf: FAST,
+            channel_binding: None,
         };
         let b = Transcript {
             user: "a",
@@ -510,6 +682,7 @@ mod tests {
             server_nonce: b"n2",
             salt: &a.salt,
             kdf: a.kdf,
+            channel_binding: None,
         };
         let am = t.auth_message();
         // Any password: derive with the decoy's salt but quick settings.

@@ -5,6 +5,8 @@
 //! <root>/users.lock      empty; `ftpd user ...` holds a flock on it while
 //!                        it reads, changes and writes users.json
 //! <root>/server.secret   32 random bytes for decoy logins, mode 0600
+//! <root>/tls-key.pem     the server's TLS key, mode 0600 (see crate::tls::identity)
+//! <root>/tls-cert.pem    its self-signed certificate
 //! <root>/homes/<name>/   each user's files
 //! ```
 //!
@@ -340,21 +342,24 @@ pub fn load_or_create_secret(root: &Path) -> io::Result<[u8; KEY_LEN]> {
 
     let mut secret = [0u8; KEY_LEN];
     scram::fill_random(&mut secret)?;
-    // Written in full under a private name, then linked into place: a crash
-    // cannot leave a short secret behind, and if another process won the
-    // race, link fails and we use its secret.
-    let tmp = root.join(format!("{SECRET_FILE}.tmp.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let result = write_new_file(&tmp, &secret).and_then(|()| fs::hard_link(&tmp, &path));
-    let _ = fs::remove_file(&tmp);
-    match result {
-        Ok(()) => {
-            sync_dir(root)?;
-            Ok(secret)
-        }
+    match create_private_once(root, SECRET_FILE, &secret) {
+        Ok(()) => Ok(secret),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_secret(&path),
         Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
+}
+
+/// Creates `<dir>/<name>` with mode 0600 holding `bytes`, unless it exists
+/// (then `AlreadyExists`). Written in full under a private name, synced,
+/// then linked into place: a crash cannot leave a short file behind, and
+/// if another process won the race, the link fails and its file stands.
+pub(crate) fn create_private_once(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = write_new_file(&tmp, bytes).and_then(|()| fs::hard_link(&tmp, dir.join(name)));
+    let _ = fs::remove_file(&tmp);
+    result?;
+    sync_dir(dir)
 }
 
 fn read_secret(path: &Path) -> io::Result<[u8; KEY_LEN]> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ftpd::proto::{ErrorCode, Reply, Request};
 
-use crate::util::{DataDir, FTPD, Raw, TEST_KDF_LOG_N, TestServer, stderr};
+use crate::util::{DataDir, FTPD, TEST_KDF_LOG_N, TestServer, stderr};
 
 #[test]
 fn concurrent_user_adds_all_end_up_in_the_user_file() {
@@ -144,7 +144,7 @@ fn the_server_never_panics_at_the_ends_of_the_ranges() {
         let mut server = TestServer::start(&data, &args);
         // A failed login: its delay is computed at once (the reply may
         // take up to a minute; nobody waits for it here).
-        let mut failing = Raw::connect(server.addr);
+        let mut failing = server.raw();
         failing.hello();
         failing.send(&Request::LoginStart {
             user: "alice".into(),
@@ -168,7 +168,7 @@ fn the_server_never_panics_at_the_ends_of_the_ranges() {
             // machine the one-second login timeout may win over the login:
             // either is fine, a panic is not.
             std::thread::sleep(Duration::from_millis(1100));
-            let mut c = Raw::connect(server.addr);
+            let mut c = server.raw();
             c.hello();
             match c.login("alice", "alice-pw") {
                 Reply::LoginOk { .. }
@@ -179,7 +179,7 @@ fn the_server_never_panics_at_the_ends_of_the_ranges() {
                 other => panic!("{other:?}"),
             }
         } else {
-            let mut c = Raw::connect(server.addr);
+            let mut c = server.raw();
             c.hello();
             assert!(matches!(
                 c.login("alice", "alice-pw"),

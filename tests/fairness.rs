@@ -13,7 +13,7 @@ use ftpd::proto::{Reply, Request};
 use crate::util::{DataDir, Raw, TestServer};
 
 fn logged_in(server: &TestServer, user: &str) -> Raw {
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(c.login(user, "pw"), Reply::LoginOk { .. }));
     c
@@ -92,7 +92,7 @@ fn a_new_users_home_is_counted_off_the_reactor() {
         .expect("SIGHUP handled");
     // Served while carol's home is still being counted...
     assert!(matches!(other.call(&Request::Ping), Reply::Pong));
-    let mut carol = Raw::connect(server.addr);
+    let mut carol = server.raw();
     carol.hello();
     match carol.login("carol", "pw") {
         Reply::Error { message, .. } => assert!(message.contains("being prepared"), "{message}"),
@@ -101,7 +101,7 @@ fn a_new_users_home_is_counted_off_the_reactor() {
     // ...and carol gets in once it is.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut carol = Raw::connect(server.addr);
+        let mut carol = server.raw();
         carol.hello();
         if matches!(carol.login("carol", "pw"), Reply::LoginOk { .. }) {
             break;

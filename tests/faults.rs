@@ -187,8 +187,11 @@ fn ftpc(addr: SocketAddr, user: &str, cwd: &Path, args: &[&str]) -> Output {
 
 fn ftpc_cmd(addr: SocketAddr, user: &str, cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(FTPC);
-    cmd.args(["--server", &addr.to_string(), "--user", user, "--quiet"])
-        .args(args)
+    cmd.args(["--server", &addr.to_string(), "--user", user, "--quiet"]);
+    if !args.contains(&"--plaintext") {
+        cmd.args(crate::util::TRUST_FIRST_CONTACT);
+    }
+    cmd.args(args)
         .env("FTPC_PASSWORD", password(user))
         .env_remove("FTPC_SERVER")
         .env_remove("FTPC_USER")
@@ -826,7 +829,8 @@ fn serves_again(addr: SocketAddr) {
     let local = tempfile::tempdir().expect("tempdir");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = ftpc(addr, "alice", local.path(), &["ls"]);
+        // These floods run against a server in clear.
+        let out = ftpc(addr, "alice", local.path(), &["--plaintext", "ls"]);
         if out.status.success() {
             return;
         }
@@ -845,7 +849,19 @@ const FLOOD: usize = 300;
 fn a_connection_flood_past_max_conns_is_turned_away_without_spinning() {
     let data = DataDir::new();
     data.add_user("alice", &password("alice"), None);
-    let server = TestServer::start(&data, &["--max-conns", "20", "--max-conns-per-ip", "1000"]);
+    // In clear: the probes are raw sockets, and what is tested is the
+    // accept loop, below the transport (a turned-away client is told so in
+    // clear under TLS too).
+    let server = TestServer::start(
+        &data,
+        &[
+            "--max-conns",
+            "20",
+            "--max-conns-per-ip",
+            "1000",
+            "--plaintext",
+        ],
+    );
     let pid = server.child.id();
 
     let mut probes: Vec<Probe> = (0..FLOOD)
@@ -908,7 +924,8 @@ fn running_out_of_file_descriptors_pauses_accepts_without_spinning() {
         .arg("--root")
         .arg(data.path())
         .args(SERVE)
-        .args(["--max-conns-per-ip", "1000"]);
+        // In clear: raw probes, and the accept loop is below the transport.
+        .args(["--max-conns-per-ip", "1000", "--plaintext"]);
     let server = Wrapped::start(cmd).unwrap_or_else(|why| panic!("did not start: {why}"));
     let pid = server.pid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
@@ -1512,7 +1529,7 @@ fn login_timing_does_not_tell_unknown_users_from_wrong_passwords() {
     let mut samples: HashMap<&str, Vec<Sample>> = HashMap::new();
     for i in 0..ATTEMPTS {
         let user = if i % 2 == 0 { "alice" } else { "mallory" };
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.stream.set_nodelay(true).expect("nodelay");
         c.hello();
         let mut nonce = [0u8; NONCE_LEN];
@@ -1542,6 +1559,7 @@ fn login_timing_does_not_tell_unknown_users_from_wrong_passwords() {
             server_nonce: &server_nonce,
             salt: &salt,
             kdf,
+            channel_binding: c.channel_binding().as_ref(),
         }
         .auth_message();
         let proof = Request::LoginProof {

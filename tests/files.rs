@@ -150,7 +150,7 @@ impl Site {
 
     /// A logged-in raw session.
     fn raw(&self, user: &str) -> Raw {
-        let mut c = Raw::connect(self.server.addr);
+        let mut c = self.server.raw();
         c.hello();
         match c.login(user, &password(user)) {
             Reply::LoginOk { .. } => c,
@@ -2071,7 +2071,7 @@ fn a_deep_tree_does_not_lock_its_owner_out_after_a_restart() {
     // After a restart the user must still be able to log in, with the
     // same figures.
     site.restart();
-    let mut c = Raw::connect(site.server.addr);
+    let mut c = site.server.raw();
     c.hello();
     let reply = c.login("alice", &password("alice"));
     assert!(

@@ -20,4 +20,5 @@ mod quota;
 mod races;
 mod server_ops;
 mod shell_tty;
+mod tls;
 mod transfer;

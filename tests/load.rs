@@ -23,6 +23,7 @@ fn run(server: &TestServer, args: &[&str]) -> serde_json::Value {
             "--timeout",
             "60",
         ])
+        .args(server.trust_args())
         .args(args)
         .env("FTPLOAD_PASSWORD", "load-pw")
         .output()
@@ -56,6 +57,8 @@ fn login_and_transfer_scenarios_run_clean() {
     let login = run(&server, &["login", "-n", "30"]);
     assert_clean(&login, 30);
     assert!(login["sessions_per_s"].as_f64().is_some_and(|r| r > 0.0));
+    // Over TLS (the default), the handshake is timed apart from the login.
+    assert_eq!(login["latency"]["tls"]["count"], 30, "{login}");
     let transfer = run(&server, &["transfer", "-n", "30", "--size", "100K"]);
     assert_clean(&transfer, 30);
     // Each session put and got back its 100 KiB, and removed it after.

@@ -147,6 +147,7 @@ fn challenge_and_proof(c: &mut Raw, user: &str, password: &str) -> Vec<u8> {
         server_nonce: &server_nonce,
         salt: &salt,
         kdf,
+        channel_binding: c.channel_binding().as_ref(),
     }
     .auth_message();
     scram::client_proof(&keys, &auth).to_vec()
@@ -163,7 +164,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
     data.add_user("alice", "old-pw", None);
     data.add_user("carol", "carol-pw", None);
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let proof = challenge_and_proof(&mut c, "alice", "old-pw");
 
@@ -178,7 +179,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::AuthFailed),
         other => panic!("the old password still logs in: {other:?}"),
     }
-    let mut fresh = Raw::connect(server.addr);
+    let mut fresh = server.raw();
     fresh.hello();
     assert!(matches!(
         fresh.login("alice", "new-pw"),
@@ -186,7 +187,7 @@ fn a_proof_made_before_passwd_is_checked_against_the_new_password() {
     ));
 
     // The same for a user deleted between challenge and proof.
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let proof = challenge_and_proof(&mut c, "carol", "carol-pw");
     assert_success(

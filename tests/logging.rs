@@ -54,6 +54,7 @@ fn start_with_stderr(data: &DataDir, stderr: Stdio, extra: &[&str]) -> (Ftpd, St
 fn ftpc(addr: &str, args: &[&str]) -> std::process::Output {
     Command::new(FTPC)
         .args(["--server", addr, "--user", "alice", "--quiet"])
+        .args(crate::util::TRUST_FIRST_CONTACT)
         .args(args)
         .env("FTPC_PASSWORD", PASSWORD)
         .env_remove("FTPC_SERVER")

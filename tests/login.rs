@@ -19,7 +19,7 @@ fn server_with_users(extra: &[&str]) -> (DataDir, TestServer) {
 #[test]
 fn login_succeeds_and_the_server_proves_itself() {
     let (_data, server) = server_with_users(&[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     // Raw::login checks the server signature itself.
     assert!(matches!(
@@ -33,7 +33,7 @@ fn login_succeeds_and_the_server_proves_itself() {
 fn wrong_password_and_unknown_user_fail_identically() {
     let (_data, server) = server_with_users(&[]);
     let attempt = |user: &str| {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.hello();
         c.login_capture(user, "wrong")
     };
@@ -93,6 +93,7 @@ fn login_with_nonce(
         server_nonce,
         salt,
         kdf: *kdf,
+        channel_binding: c.channel_binding().as_ref(),
     }
     .auth_message();
     let proof = scram::client_proof(&keys, &auth).to_vec();
@@ -114,13 +115,13 @@ fn a_replayed_proof_is_refused() {
     let (_data, server) = server_with_users(&[]);
     let mut nonce = [0u8; NONCE_LEN];
     scram::fill_random(&mut nonce).expect("random");
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let (first, proof, reply) = login_with_nonce(&mut c, "alice", "alice-pw", &nonce);
     assert!(matches!(reply, Reply::LoginOk { .. }), "{reply:?}");
     // Replay the captured exchange byte for byte on a new connection: only
     // the server's fresh nonce can make the proof stale.
-    let mut replay = Raw::connect(server.addr);
+    let mut replay = server.raw();
     replay.hello();
     let second = replay.call(&Request::LoginStart {
         user: "alice".into(),
@@ -142,7 +143,7 @@ fn every_challenge_carries_a_fresh_server_nonce() {
     let (_data, server) = server_with_users(&[]);
     let mut seen = HashSet::new();
     for user in ["alice", "alice", "nobody", "nobody", "bob"] {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.hello();
         let challenge = c.call(&Request::LoginStart {
             user: user.into(),
@@ -158,7 +159,7 @@ fn every_challenge_carries_a_fresh_server_nonce() {
 fn lockout_holds_for_the_pair_without_slowing_others() {
     let (_data, server) = server_with_users(&["--lockout-after", "3", "--login-delay-ms", "300"]);
     for _ in 0..3 {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.hello();
         match c.login("bob", "guess") {
             Reply::Error { code, .. } => assert_eq!(code, ErrorCode::AuthFailed),
@@ -166,7 +167,7 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
         }
     }
     // Now even the right password is refused for bob from this address.
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     let reply = c.call(&Request::LoginStart {
         user: "bob".into(),
@@ -183,7 +184,7 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
     // arrives first, so the penalty did not hold up the reactor. Her keys
     // are derived before carol's penalty starts, so within it she only has
     // a round trip and a few HMACs to do.
-    let mut alice = Raw::connect(server.addr);
+    let mut alice = server.raw();
     alice.hello();
     let mut alice_nonce = [0u8; NONCE_LEN];
     scram::fill_random(&mut alice_nonce).expect("random");
@@ -206,9 +207,10 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
         server_nonce,
         salt,
         kdf: *kdf,
+        channel_binding: alice.channel_binding().as_ref(),
     }
     .auth_message();
-    let mut slow = Raw::connect(server.addr);
+    let mut slow = server.raw();
     slow.hello();
     let mut nonce = [0u8; NONCE_LEN];
     scram::fill_random(&mut nonce).expect("random");
@@ -248,7 +250,7 @@ fn lockout_holds_for_the_pair_without_slowing_others() {
 #[test]
 fn commands_before_login_are_refused() {
     let (_data, server) = server_with_users(&[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     match c.call(&Request::Mkdir { path: "x".into() }) {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::NotLoggedIn),
@@ -261,7 +263,7 @@ fn commands_before_login_are_refused() {
 fn users_added_and_removed_while_the_server_runs() {
     let (data, server) = server_with_users(&[]);
     data.add_user("carol", "carol-pw", Some("10M"));
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(
         c.login("carol", "carol-pw"),
@@ -269,7 +271,7 @@ fn users_added_and_removed_while_the_server_runs() {
     ));
     let out = data.admin(&["user", "del", "carol"]).output().unwrap();
     crate::util::assert_success(&out, "user del");
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(
         c.login("carol", "carol-pw"),
@@ -278,7 +280,7 @@ fn users_added_and_removed_while_the_server_runs() {
             ..
         }
     ));
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(
         c.login("alice", "alice-pw"),
@@ -293,7 +295,7 @@ fn sessions_per_user_are_limited() {
     let (_data, server) = server_with_users(&["--max-sessions-per-user", "2"]);
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.hello();
         assert!(matches!(
             c.login("alice", "alice-pw"),
@@ -301,7 +303,7 @@ fn sessions_per_user_are_limited() {
         ));
         held.push(c);
     }
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert!(matches!(
         c.login("alice", "alice-pw"),
@@ -310,7 +312,7 @@ fn sessions_per_user_are_limited() {
             ..
         }
     ));
-    let mut other = Raw::connect(server.addr);
+    let mut other = server.raw();
     other.hello();
     assert!(matches!(
         other.login("bob", "bob-pw"),

@@ -11,7 +11,7 @@ use crate::util::{DataDir, Raw, TestServer, rss_kib};
 
 /// A fresh client can still do the whole first exchange.
 fn assert_serving(server: &TestServer) {
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     assert_eq!(c.call(&Request::Ping), Reply::Pong);
 }
@@ -21,7 +21,9 @@ fn ping_round_trip_with_ftpc() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
     let out = std::process::Command::new(crate::util::FTPC)
-        .args(["--server", &server.addr.to_string(), "ping"])
+        .args(["--server", &server.addr.to_string()])
+        .args(server.trust_args())
+        .arg("ping")
         .output()
         .expect("ftpc");
     crate::util::assert_success(&out, "ftpc ping");
@@ -36,7 +38,7 @@ fn ping_round_trip_with_ftpc() {
 fn many_concurrent_connections_are_all_served() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &["--max-conns-per-ip", "1000"]);
-    let mut clients: Vec<Raw> = (0..300).map(|_| Raw::connect(server.addr)).collect();
+    let mut clients: Vec<Raw> = (0..300).map(|_| server.raw()).collect();
     let hello = frame::encode(&Request::Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -57,7 +59,7 @@ fn many_concurrent_connections_are_all_served() {
 fn frames_glued_together_and_split_byte_by_byte() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     let mut bytes = frame::encode(&Request::Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -80,9 +82,9 @@ fn frames_glued_together_and_split_byte_by_byte() {
 fn garbage_closes_only_that_connection() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
-    let mut bystander = Raw::connect(server.addr);
+    let mut bystander = server.raw();
     bystander.hello();
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.send_raw(&[0, 0, 0, 5, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
         .unwrap();
     match c.recv() {
@@ -99,7 +101,7 @@ fn oversized_length_prefix_is_refused_without_allocating() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
     let before = rss_kib(server.child.id());
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.send_raw(&u32::MAX.to_be_bytes()).unwrap();
     match c.recv() {
         Some(Reply::Error { code, message }) => {
@@ -117,7 +119,7 @@ fn oversized_length_prefix_is_refused_without_allocating() {
 fn version_mismatch_is_a_clear_error() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     let reply = c.call(&Request::Hello {
         magic: MAGIC,
         version: 999,
@@ -136,13 +138,13 @@ fn version_mismatch_is_a_clear_error() {
 fn requests_out_of_order_are_refused_and_close() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     match c.call(&Request::Ping) {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::BadRequest),
         other => panic!("expected an error, got {other:?}"),
     }
     assert_eq!(c.recv(), None);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     for req in [
         Request::Pwd,
@@ -153,7 +155,7 @@ fn requests_out_of_order_are_refused_and_close() {
             prefix_crc: 0,
         },
     ] {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.hello();
         match c.call(&req) {
             Reply::Error { code, .. } => assert_eq!(code, ErrorCode::NotLoggedIn),
@@ -168,7 +170,7 @@ fn requests_out_of_order_are_refused_and_close() {
 fn silent_connection_is_dropped_at_the_login_timeout() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &["--login-timeout", "1"]);
-    let mut silent = Raw::connect(server.addr);
+    let mut silent = server.raw();
     let started = Instant::now();
     match silent.recv() {
         Some(Reply::Error { code, .. }) => assert_eq!(code, ErrorCode::Timeout),
@@ -183,9 +185,11 @@ fn silent_connection_is_dropped_at_the_login_timeout() {
 
 #[test]
 fn client_that_never_reads_is_throttled_not_buffered() {
+    // In clear: the test writes and reads the socket itself, byte by byte;
+    // `memory.rs` floods over TLS.
     let data = DataDir::new();
-    let server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let server = TestServer::start(&data, &["--plaintext"]);
+    let mut c = server.raw();
     c.hello();
     let ping = frame::encode(&Request::Ping).unwrap();
     let batch: Vec<u8> = ping
@@ -235,11 +239,11 @@ fn client_that_never_reads_is_throttled_not_buffered() {
 fn per_address_connection_limit_turns_clients_away() {
     let data = DataDir::new();
     let server = TestServer::start(&data, &["--max-conns-per-ip", "3"]);
-    let mut held: Vec<Raw> = (0..3).map(|_| Raw::connect(server.addr)).collect();
+    let mut held: Vec<Raw> = (0..3).map(|_| server.raw()).collect();
     for c in &mut held {
         c.hello();
     }
-    let mut extra = Raw::connect(server.addr);
+    let mut extra = server.raw();
     match extra.recv() {
         Some(Reply::Error { code, message }) => {
             assert_eq!(code, ErrorCode::TooManySessions);
@@ -251,7 +255,7 @@ fn per_address_connection_limit_turns_clients_away() {
     // Slots free up once the held connections close.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut c = Raw::connect(server.addr);
+        let mut c = server.raw();
         c.send(&Request::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -268,7 +272,7 @@ fn per_address_connection_limit_turns_clients_away() {
 fn sigterm_stops_cleanly() {
     let data = DataDir::new();
     let mut server = TestServer::start(&data, &[]);
-    let mut c = Raw::connect(server.addr);
+    let mut c = server.raw();
     c.hello();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(server.child.id() as i32).expect("pid"),

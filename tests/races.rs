@@ -36,7 +36,7 @@ impl Site {
     }
 
     fn session(&self) -> Raw {
-        let mut c = Raw::connect(self.server.addr);
+        let mut c = self.server.raw();
         c.hello();
         match c.login("alice", PW) {
             Reply::LoginOk { .. } => c,

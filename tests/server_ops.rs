@@ -222,6 +222,7 @@ fn ftpload(server: &TestServer, users: &Path, args: &[&str]) -> std::process::Ch
         ])
         .arg("--users")
         .arg(users)
+        .args(server.trust_args())
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -551,7 +552,7 @@ fn a_deleted_users_running_session_finishes() {
         .wait_log("SIGHUP: reloading the user file", Duration::from_secs(10))
         .expect("SIGHUP not handled");
     // A new login is refused at once...
-    let mut other = Raw::connect(server.addr);
+    let mut other = server.raw();
     other.hello();
     assert!(matches!(
         other.login("carol", "carol-pw"),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use ftpd::proto::KdfParams;
 use ftpd::scram::ClientKeys;
+use ftpd::tls::link::Link;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -104,6 +105,14 @@ pub struct Ctx {
     pub timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     /// State of the jitter's random numbers (splitmix64).
     pub rng: u64,
+    /// TLS for every session; `None` with `--plaintext`.
+    pub tls: Option<TlsClient>,
+}
+
+/// What every TLS session of a run shares.
+pub struct TlsClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Ctx {
@@ -371,7 +380,17 @@ impl Engine {
         self.next_generation += 1;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
-        let started = Session::connect(self.addr, key, g, index, user, self.next_generation, now)
+        let link = match &self.cx.tls {
+            None => Ok(Link::Plain),
+            Some(tls) => rustls::ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
+                .map(Link::client)
+                .map_err(io::Error::other),
+        };
+        let generation = self.next_generation;
+        let started = link
+            .and_then(|link| {
+                Session::connect(self.addr, link, (key, generation), g, index, user, now)
+            })
             .and_then(|mut s| {
                 self.poll.registry().register(
                     s.stream_mut(),

@@ -93,6 +93,19 @@ struct Cli {
         conflicts_with = "scenario"
     )]
     scenario_flag: Option<Scenario>,
+    /// Speak without TLS (the server must run with --plaintext too).
+    #[arg(long, env = "FTPLOAD_PLAINTEXT")]
+    plaintext: bool,
+    /// Trust only a server whose key has this fingerprint (SHA256:...).
+    #[arg(long, env = "FTPC_FINGERPRINT", value_name = "SHA256:...",
+          value_parser = ftpd::tls::Fingerprint::parse, conflicts_with = "plaintext")]
+    fingerprint: Option<ftpd::tls::Fingerprint>,
+    /// File of pinned server keys, as for ftpc.
+    #[arg(long, env = "FTPC_KNOWN_HOSTS", value_name = "FILE")]
+    known_hosts: Option<std::path::PathBuf>,
+    /// Trust an unknown server key (nothing is pinned: ftpload never asks).
+    #[arg(long, env = "FTPC_ACCEPT_NEW", conflicts_with = "plaintext")]
+    accept_new: bool,
     /// Server address.
     #[arg(
         long,
@@ -192,6 +205,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         .ok_or_else(|| anyhow!("no scenario given"))?;
     let users = users(&cli)?;
     let addr = resolve(&cli.addr)?;
+    let tls = if cli.plaintext {
+        None
+    } else {
+        let policy = ftpd::tls::trust::Policy::new(
+            &cli.addr,
+            cli.fingerprint.clone(),
+            cli.known_hosts.clone(),
+            cli.accept_new,
+        )
+        .map_err(|e| anyhow!(e))?;
+        Some(tls_client(&cli.addr, policy)?)
+    };
     let seconds = |name: &str, v: f64| -> anyhow::Result<Duration> {
         Duration::try_from_secs_f64(v)
             .ok()
@@ -266,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         scratch: Vec::new(),
         timers: BinaryHeap::new(),
         rng: seed ^ 0x6a09_e667_f3bc_c908,
+        tls,
     };
     let pacing = Pacing {
         rate: cli.connect_rate,
@@ -327,6 +353,25 @@ fn users(cli: &Cli) -> anyhow::Result<Vec<User>> {
 
 /// Resolves once, up front: thousands of connects must not each look up a
 /// name.
+/// The TLS client configuration every session shares, and the name the
+/// server's certificate is checked against.
+fn tls_client(
+    addr: &str,
+    policy: ftpd::tls::trust::Policy,
+) -> anyhow::Result<crate::engine::TlsClient> {
+    let provider = ftpd::tls::provider();
+    let verifier = std::sync::Arc::new(ftpd::tls::trust::Verifier::new(policy, &provider));
+    let config = ftpd::tls::client_config(verifier).context("setting up TLS")?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| anyhow!("not a host name or address: {host:?}"))?;
+    Ok(crate::engine::TlsClient {
+        config: std::sync::Arc::new(config),
+        name,
+    })
+}
+
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("resolving {addr}"))?

@@ -46,7 +46,8 @@ pub struct Report {
     /// (bytes up + bytes down) / elapsed, in MB (10^6 bytes) per second.
     pub mb_per_s: f64,
     /// Latencies, in milliseconds: `session` (connect to the server's
-    /// close after Bye), `connect`, and per request kind; `request` is
+    /// close after Bye), `connect` (TCP), `tls` (the TLS handshake after
+    /// it), and per request kind; `request` is
     /// every request of the `mixed` loop.
     pub latency: BTreeMap<&'static str, Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +161,9 @@ pub fn latencies(stats: &GroupStats, with_session: bool) -> BTreeMap<&'static st
     if let Some(s) = stats.connect.summary() {
         out.insert("connect", s);
     }
+    if let Some(s) = stats.handshake.summary() {
+        out.insert("tls", s);
+    }
     for kind in OpKind::ALL {
         if let Some(s) = stats.ops[kind as usize].summary() {
             out.insert(kind.name(), s);
@@ -271,7 +275,7 @@ impl Report {
                 "p50", "p99", "max", "mean", "count"
             )?;
             let order = [
-                "session", "connect", "login", "put", "get", "stat", "list", "remove",
+                "session", "connect", "tls", "login", "put", "get", "stat", "list", "remove",
             ];
             let names = order
                 .into_iter()

@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 use ftpd::buf::{Buffer, Io};
 use ftpd::frame::{self, CHUNK_HEADER_MAX, HEADER_LEN, chunk_header};
 use ftpd::proto::{
-    CHUNK_SIZE, EntryKind, ErrorCode, KdfParams, MAGIC, MAX_FRAME, NONCE_LEN, PROTOCOL_VERSION,
-    Reply, Request,
+    CHUNK_SIZE, EntryKind, ErrorCode, KdfParams, MAGIC, MAX_FRAME, PROTOCOL_VERSION, Reply, Request,
 };
-use ftpd::scram;
+use ftpd::scram::{AwaitingOk, ClientLogin};
+use ftpd::tls::ChannelBinding;
+use ftpd::tls::link::Link;
 use mio::net::TcpStream;
 
 use crate::content::{self, Content, Prefix};
@@ -48,9 +49,6 @@ const TX_CAP: usize = 64 * 1024;
 
 /// Bytes one session may move in one turn before the others get theirs.
 const TURN_BUDGET: usize = 512 * 1024;
-
-/// Shortest server nonce accepted (as `ftpc` does).
-const MIN_SERVER_NONCE: usize = 16;
 
 /// Downloads bigger than this keep their receive buffer between reads,
 /// instead of giving it back each time it empties; small ones do not, so
@@ -118,8 +116,8 @@ impl Script {
 enum Wait {
     Hello,
     Probe,
-    Challenge { nonce: [u8; NONCE_LEN] },
-    LoginOk { auth_message: Vec<u8> },
+    Challenge(Box<ClientLogin>),
+    LoginOk(Box<AwaitingOk>),
     PutReady(FileRef),
     PutDone(FileRef),
     GetReady(FileRef),
@@ -157,7 +155,7 @@ impl Upload {
     /// Writes chunk frames until the socket would block or the file is out.
     fn pump(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut impl Write,
         content: &Content,
         prefix: &Prefix,
         tag: u8,
@@ -266,6 +264,8 @@ pub enum Flow {
 /// A session: socket and receive buffer, and the state the replies drive.
 pub struct Session {
     stream: TcpStream,
+    /// TLS over the stream, or nothing (`--plaintext`).
+    link: Link,
     rx: Buffer,
     eof: bool,
     pub st: State,
@@ -291,17 +291,22 @@ pub struct State {
     op_started: Instant,
     /// Last time bytes moved (the engine's clock), for `--step-timeout`.
     pub last_progress: Instant,
+    /// The TLS channel binding the login signs; `None` in clear.
+    binding: Option<ChannelBinding>,
+    /// When the TCP connection was made (the handshake's start).
+    connected_at: Option<Instant>,
 }
 
 impl Session {
-    /// Starts a nonblocking connect to `addr`.
+    /// Starts a nonblocking connect to `addr`; `slot` is the session's
+    /// slab key and generation.
     pub fn connect(
         addr: SocketAddr,
-        key: usize,
+        link: Link,
+        (key, generation): (usize, u64),
         group: usize,
         index: u64,
         user: usize,
-        generation: u64,
         now: Instant,
     ) -> io::Result<Session> {
         let stream = TcpStream::connect(addr)?;
@@ -310,6 +315,7 @@ impl Session {
         stream.set_nodelay(true)?;
         Ok(Session {
             stream,
+            link,
             rx: Buffer::with_cap(RX_CAP),
             eof: false,
             st: State {
@@ -327,6 +333,8 @@ impl Session {
                 started: now,
                 op_started: now,
                 last_progress: now,
+                binding: None,
+                connected_at: None,
             },
         })
     }
@@ -343,15 +351,29 @@ impl Session {
                 Ok(true) => {}
                 Err(e) => return Err(self.st.fail(cx, FailKind::Connect, format!("connect: {e}"))),
             }
-            let elapsed = self.st.started.elapsed();
-            cx.groups[self.st.group].stats.connect.record(elapsed);
+            if self.st.connected_at.is_none() {
+                let elapsed = self.st.started.elapsed();
+                cx.groups[self.st.group].stats.connect.record(elapsed);
+                self.st.connected_at = Some(Instant::now());
+                self.st.can_read = true;
+                self.st.can_write = true;
+            }
+            if let Some(flow) = self.handshake(cx)? {
+                return Ok(flow);
+            }
+            if let Some(at) = self.st.connected_at.filter(|_| self.st.encrypted()) {
+                cx.groups[self.st.group]
+                    .stats
+                    .handshake
+                    .record(at.elapsed());
+            }
             self.st.start_op(cx)?;
         }
         let mut budget = TURN_BUDGET;
         loop {
             let mut moved = 0;
             if self.st.can_read && !self.eof {
-                match self.rx.read_from(&mut self.stream) {
+                match self.rx.read_from(&mut self.link.on(&mut self.stream)) {
                     Ok(Io::Progress(n)) => {
                         self.st.can_read = false;
                         moved += n;
@@ -392,7 +414,15 @@ impl Session {
                 return Err(self.st.fail(cx, FailKind::Io, message));
             }
             if self.st.can_write {
-                moved += self.st.flush(&mut self.stream, cx)?;
+                moved += self.st.flush(&mut self.link.on(&mut self.stream), cx)?;
+                match self.link.flush(&mut self.stream) {
+                    Ok(n) => moved += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(self.st.io_error(cx, &e)),
+                }
+                if self.link.has_output() {
+                    self.st.can_write = false;
+                }
             }
             if moved == 0 {
                 return Ok(Flow::Idle);
@@ -403,6 +433,52 @@ impl Session {
                 return Ok(Flow::Again);
             }
         }
+    }
+
+    /// Drives the TLS handshake; `Some` while it is not done yet.
+    fn handshake(&mut self, cx: &mut Ctx) -> Result<Option<Flow>, Fail> {
+        if matches!(self.link, Link::Plain) {
+            return Ok(None);
+        }
+        while self.link.is_handshaking() {
+            if self.st.can_write {
+                match self.link.flush(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.st.can_write = false,
+                    Err(e) => return Err(self.st.io_error(cx, &e)),
+                }
+                if self.link.has_output() {
+                    self.st.can_write = false;
+                }
+            }
+            if !self.st.can_read {
+                return Ok(Some(Flow::Idle));
+            }
+            match self.rx.read_from(&mut self.link.on(&mut self.stream)) {
+                Ok(Io::Progress(_)) => self.st.can_read = false,
+                Ok(Io::Full(_)) => {}
+                Ok(Io::Eof(_)) => {
+                    let message = "the server closed the connection during the TLS handshake";
+                    return Err(self.st.fail(cx, FailKind::Io, message));
+                }
+                Err(e) => {
+                    let message = format!("TLS handshake: {e}");
+                    return Err(self.st.fail(cx, FailKind::Connect, message));
+                }
+            }
+            if self.link.is_handshaking() && !self.st.can_read && !self.st.can_write {
+                return Ok(Some(Flow::Idle));
+            }
+        }
+        match self.link.channel_binding() {
+            Some(Ok(binding)) => self.st.binding = Some(binding),
+            Some(Err(e)) => {
+                let message = format!("TLS channel binding: {e}");
+                return Err(self.st.fail(cx, FailKind::Connect, message));
+            }
+            None => {}
+        }
+        Ok(None)
     }
 
     /// Whether the nonblocking connect has finished (mio's recipe: an
@@ -541,19 +617,21 @@ impl State {
                 Step::Await(Wait::Hello)
             }
             Op::Probe | Op::Login => {
-                let mut nonce = [0u8; NONCE_LEN];
-                if let Err(e) = scram::fill_random(&mut nonce) {
-                    let message = format!("no random bytes for the nonce: {e}");
-                    return Err(self.fail(cx, FailKind::Login, message));
-                }
+                let login = match ClientLogin::start(&cx.users[self.user].name, self.binding) {
+                    Ok(login) => login,
+                    Err(e) => {
+                        let message = format!("no random bytes for the nonce: {e}");
+                        return Err(self.fail(cx, FailKind::Login, message));
+                    }
+                };
                 let start = Request::LoginStart {
-                    user: cx.users[self.user].name.clone(),
-                    client_nonce: nonce.to_vec(),
+                    user: login.user().to_owned(),
+                    client_nonce: login.client_nonce().to_vec(),
                 };
                 self.send(cx, &start)?;
                 match op {
                     Op::Probe => Step::Await(Wait::Probe),
-                    _ => Step::Await(Wait::Challenge { nonce }),
+                    _ => Step::Await(Wait::Challenge(Box::new(login))),
                 }
             }
             Op::Put(file) => {
@@ -687,20 +765,16 @@ impl State {
                 self.advance(cx)
             }
             (
-                Step::Await(Wait::Challenge { nonce }),
+                Step::Await(Wait::Challenge(login)),
                 Reply::Challenge {
                     server_nonce,
                     salt,
                     kdf,
                 },
-            ) => self.prove(cx, &nonce, &server_nonce, &salt, kdf),
-            (Step::Await(Wait::LoginOk { auth_message }), Reply::LoginOk { server_signature }) => {
-                let verified = cx.keys[self.user].as_ref().is_some_and(|k| {
-                    scram::verify_server_signature(&k.keys, &auth_message, &server_signature)
-                });
-                if !verified {
-                    let message = "the server could not prove it knows the user's key";
-                    return Err(self.fail(cx, FailKind::Login, message));
+            ) => self.prove(cx, *login, &server_nonce, &salt, kdf),
+            (Step::Await(Wait::LoginOk(waiting)), Reply::LoginOk { server_signature }) => {
+                if let Err(e) = waiting.on_success(&server_signature) {
+                    return Err(self.fail(cx, FailKind::Login, e));
                 }
                 self.advance(cx)
             }
@@ -818,45 +892,40 @@ impl State {
     fn prove(
         &mut self,
         cx: &mut Ctx,
-        nonce: &[u8; NONCE_LEN],
+        login: ClientLogin,
         server_nonce: &[u8],
         salt: &[u8],
         kdf: KdfParams,
     ) -> Result<(), Fail> {
-        if server_nonce.len() < MIN_SERVER_NONCE {
-            let message = format!("the server's nonce has only {} bytes", server_nonce.len());
-            return Err(self.fail(cx, FailKind::Protocol, message));
-        }
-        let Some(keys) = cx.keys[self.user].as_ref() else {
-            let message = "bug: no key was derived for this user";
-            return Err(self.fail(cx, FailKind::Login, message));
+        let cached = |salt: &[u8], kdf: &KdfParams| match cx.keys[self.user].as_ref() {
+            None => Err("bug: no key was derived for this user"),
+            Some(keys) if keys.salt != salt || keys.kdf != *kdf => {
+                Err("the user's salt or scrypt settings changed during the run (new password?)")
+            }
+            Some(keys) => Ok(keys.keys.clone()),
         };
-        if keys.salt != salt || keys.kdf != kdf {
-            let message =
-                "the user's salt or scrypt settings changed during the run (new password?)";
-            return Err(self.fail(cx, FailKind::Login, message));
-        }
-        let auth_message = scram::Transcript {
-            user: &cx.users[self.user].name,
-            client_nonce: nonce,
-            server_nonce,
-            salt,
-            kdf,
-        }
-        .auth_message();
-        let proof = scram::client_proof(&keys.keys, &auth_message);
+        let (proof, waiting) = match login.on_challenge(server_nonce, salt, kdf, cached) {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) => return Err(self.fail(cx, FailKind::Login, why)),
+            Err(e) => return Err(self.fail(cx, FailKind::Protocol, e)),
+        };
         self.send(
             cx,
             &Request::LoginProof {
                 proof: proof.to_vec(),
             },
         )?;
-        self.step = Step::Await(Wait::LoginOk { auth_message });
+        self.step = Step::Await(Wait::LoginOk(Box::new(waiting)));
         Ok(())
     }
 
+    /// Whether the session speaks TLS.
+    fn encrypted(&self) -> bool {
+        self.binding.is_some()
+    }
+
     /// Writes queued requests and upload chunks until done or blocked.
-    fn flush(&mut self, stream: &mut TcpStream, cx: &mut Ctx) -> Result<usize, Fail> {
+    fn flush(&mut self, stream: &mut impl Write, cx: &mut Ctx) -> Result<usize, Fail> {
         let mut moved = 0;
         loop {
             if !self.tx.is_empty() {

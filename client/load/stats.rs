@@ -221,6 +221,8 @@ pub struct GroupStats {
     /// From starting the connect to the server's EOF after `Bye`.
     pub session: Hist,
     pub connect: Hist,
+    /// From the TCP connection to the end of the TLS handshake.
+    pub handshake: Hist,
     pub ops: [Hist; OpKind::ALL.len()],
     /// Requests inside a script's repeated part (the `mixed` loop).
     pub request: Hist,
@@ -275,6 +277,7 @@ impl GroupStats {
         }
         self.session.merge(&other.session);
         self.connect.merge(&other.connect);
+        self.handshake.merge(&other.handshake);
         for (a, b) in self.ops.iter_mut().zip(&other.ops) {
             a.merge(b);
         }

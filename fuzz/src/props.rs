@@ -551,6 +551,8 @@ impl SessionFixture {
             server_nonce,
             salt,
             kdf: *kdf,
+            // The harness has no transport: a plaintext session.
+            channel_binding: None,
         }
         .auth_message();
         let proof = scram::client_proof(&self.keys, &auth).to_vec();

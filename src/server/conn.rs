@@ -8,12 +8,12 @@
 //! just not reading: when the pause ends, the flag says whether data may be
 //! waiting.
 //!
-//! The seam for encryption: socket bytes enter only through
-//! `Buffer::read_from(&mut self.stream)` in [`Conn::read`] and leave only
-//! through `Buffer::write_to(&mut self.stream)` in `Conn::write`. A TLS
-//! layer (rustls works with nonblocking sockets) becomes a `Read + Write`
-//! wrapper of the stream that decrypts into and encrypts out of those two
-//! calls; the session state machine never sees the difference.
+//! The seam for encryption: socket bytes enter only in [`Conn::read`] and
+//! leave only in `Conn::write`, both through the connection's
+//! [`Link`](crate::tls::link::Link), which decrypts into and encrypts out
+//! of the two buffers; the session state machine sees plaintext frames
+//! and nothing else. rustls's own buffers come on top of ours and are
+//! bounded too (see the README's limits table).
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -24,7 +24,8 @@ use mio::net::TcpStream;
 use super::session::{self, Ctx, Phase, State};
 use crate::buf::{Buffer, Io};
 use crate::frame;
-use crate::proto::{ErrorCode, MAX_FRAME, Request};
+use crate::proto::{ErrorCode, MAX_FRAME, Reply, Request};
+use crate::tls::link::{Link, LinkError, TLS_HANDSHAKE_RECORD};
 
 /// Receive buffer cap once logged in: one whole frame plus room to read the
 /// next header, so a maximal frame never deadlocks and nothing grows beyond
@@ -125,6 +126,21 @@ fn handle_frames(
             src.clear();
             break;
         }
+        if !st.encrypted
+            && matches!(st.phase, Phase::Hello)
+            && src.data().first() == Some(&TLS_HANDSHAKE_RECORD)
+        {
+            crate::log!(
+                Info,
+                "{}: a TLS client, but this server runs with --plaintext",
+                st.peer
+            );
+            let message = "this server does not speak TLS (it runs with --plaintext); \
+                           --plaintext is for trusted links only";
+            st.phase = session::refuse(st, tx, ctx, ErrorCode::NoTls, message);
+            src.clear();
+            break;
+        }
         let too_large = frame::declared_len(src.data()).filter(|&len| len > limits.frame);
         let decoded = match too_large {
             Some(len) => Err(format!(
@@ -172,6 +188,10 @@ pub enum Drive {
 /// A connection and its session.
 pub struct Conn {
     pub stream: TcpStream,
+    /// TLS over the stream, or the stream as it is (`--plaintext`).
+    link: Link,
+    /// A `close_notify` has been queued for a lingering close.
+    close_notified: bool,
     rx: Buffer,
     tx: Buffer,
     pub can_read: bool,
@@ -187,13 +207,17 @@ impl Conn {
     /// A new connection from `peer`.
     pub fn new(
         stream: TcpStream,
+        link: Link,
         peer: SocketAddr,
         key: usize,
         generation: u64,
         now: Instant,
     ) -> Conn {
+        let encrypted = !matches!(link, Link::Plain);
         Conn {
             stream,
+            link,
+            close_notified: false,
             rx: Buffer::with_cap(PRE_LOGIN_RX),
             tx: Buffer::with_cap(PRE_LOGIN_TX_HIGH + PRE_LOGIN_RX),
             can_read: true,
@@ -201,7 +225,7 @@ impl Conn {
             peer_eof: false,
             write_shut: false,
             moved: 0,
-            st: State::new(peer, key, generation, now),
+            st: State::new(peer, key, generation, now, encrypted),
         }
     }
 
@@ -217,7 +241,7 @@ impl Conn {
             self.fit_buffers();
             match self.read(ctx, scratch, &mut requests) {
                 Ok(n) => moved += n,
-                Err(e) => return self.io_failed("read", &e),
+                Err(e) => return self.read_failed(&e),
             }
             moved += handle_frames(&mut self.st, &mut self.tx, ctx, &mut self.rx, &mut requests);
             let tx_high = Limits::of(&self.st).tx_high;
@@ -273,7 +297,7 @@ impl Conn {
         } else {
             &mut self.rx
         };
-        let n = match into.read_from(&mut self.stream)? {
+        let n = match into.read_from(&mut self.link.on(&mut self.stream))? {
             Io::Progress(n) => {
                 self.can_read = false;
                 n
@@ -284,6 +308,9 @@ impl Conn {
                 n
             }
         };
+        if self.st.encrypted && self.st.channel_binding.is_none() && !self.link.is_handshaking() {
+            self.bind_channel()?;
+        }
         if direct {
             handle_frames(&mut self.st, &mut self.tx, ctx, scratch, requests);
             if !scratch.is_empty() {
@@ -306,31 +333,62 @@ impl Conn {
         let limits = Limits::of(&self.st);
         self.tx.set_cap(limits.tx_cap);
         self.rx.set_cap(limits.rx);
+        // Records rustls holds come on top of `tx`, which is where the
+        // backpressure looks: keep them to the phase's reply mark.
+        self.link.set_send_limit(limits.tx_high);
         let transferring = self.st.phase.is_transfer();
         self.tx.set_keep(transferring);
         self.rx.set_keep(transferring);
     }
 
+    /// Takes the channel binding once the handshake is done, for the login.
+    fn bind_channel(&mut self) -> io::Result<()> {
+        match self.link.channel_binding() {
+            Some(Ok(binding)) => {
+                self.st.channel_binding = Some(binding);
+                crate::log!(Debug, "{}: {}", self.st.peer, self.link.describe());
+                Ok(())
+            }
+            Some(Err(e)) => Err(io::Error::other(LinkError::Tls(e))),
+            None => Ok(()),
+        }
+    }
+
     /// Writes what is queued until the socket would block.
     fn write(&mut self) -> io::Result<usize> {
-        if !self.can_write || self.tx.is_empty() {
+        if !self.can_write || (self.tx.is_empty() && !self.link.has_output()) {
             return Ok(0);
         }
-        let n = self.tx.write_to(&mut self.stream)?;
-        if !self.tx.is_empty() {
+        let mut n = self.tx.write_to(&mut self.link.on(&mut self.stream))?;
+        match self.link.flush(&mut self.stream) {
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if !self.tx.is_empty() || self.link.has_output() {
             self.can_write = false;
         }
         Ok(n)
+    }
+
+    /// Whether everything queued, ours and TLS's, is out.
+    fn all_sent(&self) -> bool {
+        self.tx.is_empty() && !self.link.has_output()
     }
 
     /// Handles the end states: a lingering close and a peer that left.
     fn finish_if_done(&mut self) -> Option<Drive> {
         if let Phase::Done = self.st.phase {
             // A client that said goodbye needs no lingering close.
-            return self.tx.is_empty().then_some(Drive::Close);
+            return self.all_sent().then_some(Drive::Close);
         }
         if let Phase::Closing { .. } = self.st.phase {
-            if self.tx.is_empty() && !self.write_shut {
+            if self.tx.is_empty() && !self.close_notified {
+                self.close_notified = true;
+                self.link.close_notify();
+                let _ = self.write();
+            }
+            if self.all_sent() && !self.write_shut {
                 self.write_shut = true;
                 // Our last reply is out; tell the peer, keep reading until
                 // it closes too (or the linger timer ends it).
@@ -356,6 +414,37 @@ impl Conn {
     /// Bytes the last turn moved.
     pub fn moved(&self) -> usize {
         self.moved
+    }
+
+    /// A failed read: a TLS failure is logged as such, and a client that
+    /// speaks in clear to this TLS server is told so, in clear (it could
+    /// not read anything else, and the message holds no secret).
+    fn read_failed(&mut self, e: &io::Error) -> Drive {
+        let link_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<LinkError>());
+        match link_error {
+            Some(LinkError::NotTls(_)) => {
+                crate::log!(
+                    Info,
+                    "{}: a client without TLS; told it TLS is required",
+                    self.st.peer
+                );
+                let reply = Reply::Error {
+                    code: ErrorCode::TlsRequired,
+                    message: "this server speaks only TLS; connect without --plaintext".into(),
+                };
+                if let Ok(bytes) = frame::encode(&reply) {
+                    let _ = io::Write::write(&mut self.stream, &bytes);
+                }
+                Drive::Close
+            }
+            Some(LinkError::Tls(tls)) => {
+                crate::log!(Info, "{}: TLS failed: {tls}", self.st.peer);
+                Drive::Close
+            }
+            None => self.io_failed("read", e),
+        }
     }
 
     fn io_failed(&mut self, what: &str, e: &io::Error) -> Drive {

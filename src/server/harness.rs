@@ -45,6 +45,7 @@ impl Harness {
                 lockout: Duration::from_secs(1),
             },
             disk_threads: 1,
+            tls: None,
         };
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), Token(0))?);
@@ -54,7 +55,7 @@ impl Harness {
         let peer = "127.0.0.1:40000".parse()?;
         Ok(Harness {
             ctx: Ctx::new(cfg, accounts, guard, worker),
-            st: State::new(peer, 0, 1, Instant::now()),
+            st: State::new(peer, 0, 1, Instant::now(), false),
             tx: Buffer::with_cap(crate::server::conn::TX_XFER),
             _poll: poll,
         })

@@ -45,6 +45,8 @@ use self::worker::{Lane, Step, Worker};
 use crate::buf::Buffer;
 use crate::log;
 use crate::proto::{ErrorCode, Reply};
+use crate::tls::identity;
+use crate::tls::link::Link;
 
 /// Server settings (from the command line).
 #[derive(Debug, Clone)]
@@ -60,6 +62,8 @@ pub struct Config {
     pub partial_ttl: Duration,
     pub guard: GuardConfig,
     pub disk_threads: usize,
+    /// Where the TLS identity comes from; `None` is `--plaintext`.
+    pub tls: Option<identity::Source>,
 }
 
 const LISTENER: Token = Token(0);
@@ -112,6 +116,9 @@ pub struct Server {
     next_generation: u64,
     accept_paused: bool,
     next_sweep: Instant,
+    /// The TLS configuration new connections get (reloaded on SIGHUP);
+    /// `None` with `--plaintext`.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -122,6 +129,20 @@ impl Server {
             .with_context(|| format!("creating data folder {}", cfg.root.display()))?;
         let accounts = Accounts::load(&cfg.root, cfg.partial_ttl)
             .with_context(|| format!("loading users from {}", cfg.root.display()))?;
+        let tls = match &cfg.tls {
+            Some(source) => {
+                let identity = source.load().context("loading the TLS identity")?;
+                log!(Info, "TLS key fingerprint {}", identity.fingerprint);
+                Some(identity.config)
+            }
+            None => {
+                log!(
+                    Warn,
+                    "--plaintext: sessions are NOT encrypted; use only on a trusted link"
+                );
+                None
+            }
+        };
         let poll = Poll::new()?;
         let listener =
             listen(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
@@ -148,6 +169,7 @@ impl Server {
             next_generation: 0,
             accept_paused: false,
             next_sweep: Instant::now() + SWEEP_EVERY,
+            tls,
         })
     }
 
@@ -297,9 +319,20 @@ impl Server {
             log!(Warn, "{peer}: register failed: {e}");
             return;
         }
+        let link = match &self.tls {
+            None => Link::Plain,
+            Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
+                Ok(conn) => Link::server(conn),
+                Err(e) => {
+                    log!(Error, "{peer}: cannot start TLS: {e}");
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    return;
+                }
+            },
+        };
         self.next_generation += 1;
         let generation = self.next_generation;
-        entry.insert(Conn::new(stream, peer, key, generation, self.ctx.now));
+        entry.insert(Conn::new(stream, link, peer, key, generation, self.ctx.now));
         self.ctx.fds.set_conns(self.conns.len());
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -444,12 +477,35 @@ impl Server {
         }
     }
 
+    /// Loads the TLS identity again for new connections (`--tls-cert` and
+    /// `--tls-key` renewed); a broken file keeps the old one.
+    fn reload_tls(&mut self) {
+        let (Some(source), Some(_)) = (&self.ctx.cfg.tls, &self.tls) else {
+            return;
+        };
+        match source.load() {
+            Ok(identity) => {
+                log!(
+                    Info,
+                    "SIGHUP: TLS identity reloaded, key fingerprint {}",
+                    identity.fingerprint
+                );
+                self.tls = Some(identity.config);
+            }
+            Err(e) => log!(
+                Error,
+                "SIGHUP: TLS identity not reloaded, keeping the old one: {e}"
+            ),
+        }
+    }
+
     /// Handles pending signals; returns true when it is time to stop.
     fn on_signals(&mut self) -> bool {
         let mut stop = false;
         for signal in self.signals.pending() {
             match signal {
                 SIGHUP => {
+                    self.reload_tls();
                     log!(Info, "SIGHUP: reloading the user file");
                     match self.ctx.accounts.reload() {
                         Ok(new) => session::open_homes(&mut self.ctx, new),

@@ -22,11 +22,12 @@ use crate::buf::Buffer;
 use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, VPath};
 use crate::log;
 use crate::proto::{
-    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_USER_LEN, NONCE_LEN,
-    PROTOCOL_VERSION, Reply, Request,
+    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
+    MIN_NONCE_LEN, NONCE_LEN, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::scram::{self, Transcript};
 use crate::server::log::clean;
+use crate::tls::ChannelBinding;
 
 /// How long a closing connection waits for its peer to hang up.
 const LINGER: Duration = Duration::from_secs(2);
@@ -251,11 +252,22 @@ pub struct State {
     pub active: Instant,
     /// The earliest deadline armed in the timer heap, if any.
     pub armed: Option<Instant>,
+    /// Whether the connection is TLS (it always is, but with `--plaintext`).
+    pub encrypted: bool,
+    /// The TLS channel binding, set once the handshake is done; a login
+    /// over TLS is bound to it (see `scram::Transcript`).
+    pub channel_binding: Option<ChannelBinding>,
 }
 
 impl State {
     /// A fresh session waiting for `Hello`.
-    pub fn new(peer: SocketAddr, key: usize, generation: u64, now: Instant) -> State {
+    pub fn new(
+        peer: SocketAddr,
+        key: usize,
+        generation: u64,
+        now: Instant,
+        encrypted: bool,
+    ) -> State {
         State {
             peer,
             key,
@@ -266,6 +278,8 @@ impl State {
             opened: now,
             active: now,
             armed: None,
+            encrypted,
+            channel_binding: None,
         }
     }
 
@@ -515,7 +529,10 @@ fn login_start(
     user: String,
     nonce: &[u8],
 ) -> Phase {
-    if user.is_empty() || user.len() > MAX_USER_LEN || !(16..=64).contains(&nonce.len()) {
+    if user.is_empty()
+        || user.len() > MAX_USER_LEN
+        || !(MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len())
+    {
         let message = "malformed login request";
         return refuse(st, tx, ctx, ErrorCode::BadRequest, message);
     }
@@ -531,12 +548,18 @@ fn login_start(
         ctx.send_error(tx, ErrorCode::Internal, "server has no random source");
         return Phase::Login;
     }
+    if st.encrypted && st.channel_binding.is_none() {
+        // Cannot happen: no login bytes arrive before the handshake ends.
+        ctx.send_error(tx, ErrorCode::Internal, "the TLS channel is not ready");
+        return Phase::Login;
+    }
     let auth_message = Transcript {
         user: &user,
         client_nonce: nonce,
         server_nonce: &server_nonce,
         salt: &creds.keys.salt,
         kdf: creds.keys.kdf,
+        channel_binding: st.channel_binding.as_ref(),
     }
     .auth_message();
     ctx.send(

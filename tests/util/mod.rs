@@ -14,6 +14,8 @@ use ftpd::frame;
 use ftpd::proto::{MAGIC, NONCE_LEN, PROTOCOL_VERSION, Reply, Request};
 use ftpd::scram;
 
+pub mod tls;
+
 pub const FTPD: &str = env!("CARGO_BIN_EXE_ftpd");
 pub const FTPC: &str = env!("CARGO_BIN_EXE_ftpc");
 
@@ -130,6 +132,10 @@ pub struct TestServer {
     pub child: Child,
     pub addr: SocketAddr,
     log: mpsc::Receiver<String>,
+    /// The server's TLS key fingerprint; `None` when it runs `--plaintext`.
+    pub fingerprint: Option<String>,
+    /// The clients' own folder (their known-hosts file), per server.
+    pub client_dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -166,9 +172,13 @@ impl TestServer {
             for _ in lines {} // keep draining so the pipe never fills
         });
         let (log_tx, log_rx) = mpsc::channel();
+        let (fp_tx, fp_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[ftpd] {line}");
+                if let Some((_, fp)) = line.split_once("TLS key fingerprint ") {
+                    let _ = fp_tx.send(fp.trim().to_owned());
+                }
                 let _ = log_tx.send(line);
             }
         });
@@ -180,10 +190,57 @@ impl TestServer {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .parse()
             .expect("address");
+        let fingerprint = (!extra.contains(&"--plaintext")).then(|| {
+            fp_rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("ftpd did not log its TLS key fingerprint")
+        });
+        let client_dir = tempfile::tempdir().expect("tempdir");
+        if let Some(fp) = &fingerprint {
+            // Clients trust the server by a pin, as after a first contact.
+            std::fs::write(
+                client_dir.path().join("known_hosts"),
+                format!("{addr} {fp}\n"),
+            )
+            .expect("write the pin");
+        }
         TestServer {
             child,
             addr,
             log: log_rx,
+            fingerprint,
+            client_dir,
+        }
+    }
+
+    /// Whether the server speaks TLS (it does unless started `--plaintext`).
+    pub fn tls(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+
+    /// The flags that make ftpc trust this server: a known-hosts file of
+    /// the test's own that pins its key, or `--plaintext`.
+    pub fn trust_args(&self) -> Vec<String> {
+        match &self.fingerprint {
+            Some(_) => vec![
+                "--known-hosts".into(),
+                self.known_hosts().display().to_string(),
+            ],
+            None => vec!["--plaintext".into()],
+        }
+    }
+
+    /// The known-hosts file the test's clients use, pinning this server.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.client_dir.path().join("known_hosts")
+    }
+
+    /// A raw protocol session, over TLS unless the server runs plaintext.
+    pub fn raw(&self) -> Raw {
+        if self.tls() {
+            Raw::connect(self.addr)
+        } else {
+            Raw::connect_plain(self.addr)
         }
     }
 
@@ -241,10 +298,10 @@ impl TestServer {
             user,
             "--quiet",
         ])
+        .args(self.trust_args())
         .args(args)
-        .env("FTPC_PASSWORD", password)
-        .env_remove("FTPC_SERVER")
-        .env_remove("FTPC_USER");
+        .env("FTPC_PASSWORD", password);
+        clean_client_env(&mut cmd);
         cmd
     }
 
@@ -255,10 +312,10 @@ impl TestServer {
     pub fn ftpc_tty_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(FTPC);
         cmd.args(["--server", &self.addr.to_string(), "--user", user])
+            .args(self.trust_args())
             .args(args)
-            .env("FTPC_PASSWORD", password)
-            .env_remove("FTPC_SERVER")
-            .env_remove("FTPC_USER");
+            .env("FTPC_PASSWORD", password);
+        clean_client_env(&mut cmd);
         cmd
     }
 
@@ -282,9 +339,35 @@ impl Drop for TestServer {
     }
 }
 
-/// A protocol client on a plain blocking socket.
+/// ftpc flags for a client that reaches a TLS server through an address the
+/// helpers do not know (a relay, a server started by hand): trust the key
+/// on first contact and remember nothing. Tests of trust itself are in
+/// `tls.rs`.
+pub const TRUST_FIRST_CONTACT: [&str; 3] = ["--accept-new", "--known-hosts", "/dev/null"];
+
+/// Removes the environment that would change how ftpc connects.
+pub fn clean_client_env(cmd: &mut Command) {
+    for var in [
+        "FTPC_SERVER",
+        "FTPC_USER",
+        "FTPC_FINGERPRINT",
+        "FTPC_KNOWN_HOSTS",
+        "FTPC_ACCEPT_NEW",
+        "FTPC_PLAINTEXT",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
+/// A protocol client on a blocking socket, over TLS (trusting any server
+/// key: these tests are about the server) or in clear.
 pub struct Raw {
+    /// The TCP socket, for socket options; bytes go through `send_raw`.
     pub stream: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// The server answered the handshake in clear (turned away): what it
+    /// said is in `rx`, and whatever is sent now goes nowhere.
+    refused_in_clear: bool,
     rx: Vec<u8>,
 }
 
@@ -301,38 +384,135 @@ impl Raw {
         let fd = rustix::net::socket(family, SocketType::STREAM, None).expect("socket");
         sockopt::set_socket_recv_buffer_size(&fd, 1024).expect("SO_RCVBUF");
         rustix::net::connect(&fd, &addr).expect("connect");
-        let stream = TcpStream::from(fd);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Raw {
-            stream,
-            rx: Vec::new(),
-        }
+        Raw::from_stream(TcpStream::from(fd))
     }
 
+    /// A TLS session with the server at `addr`.
     pub fn connect(addr: SocketAddr) -> Raw {
         Raw::from_stream(TcpStream::connect(addr).expect("connect"))
     }
 
-    /// A protocol client on a stream connected some other way.
+    /// A session in clear, for a `--plaintext` server.
+    pub fn connect_plain(addr: SocketAddr) -> Raw {
+        Raw::from_stream_plain(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A TLS session on a stream connected some other way. A server that
+    /// turns the connection away answers in clear instead of with a
+    /// handshake; then the session holds that answer for `recv`, as ftpc
+    /// reads it.
     pub fn from_stream(stream: TcpStream) -> Raw {
+        let mut raw = Raw::from_stream_plain(stream);
+        let mut conn = tls::client().expect("TLS client");
+        let mut sniff = tls::Sniff::new(&mut raw.stream);
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut sniff) {
+                let seen = sniff.seen;
+                assert!(
+                    seen.first().is_some_and(|&b| b != 0x16),
+                    "TLS handshake failed: {e}"
+                );
+                raw.rx = seen;
+                raw.refused_in_clear = true;
+                return raw;
+            }
+        }
+        raw.tls = Some(Box::new(conn));
+        raw
+    }
+
+    /// A session in clear on a stream connected some other way.
+    pub fn from_stream_plain(stream: TcpStream) -> Raw {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         Raw {
             stream,
+            tls: None,
+            refused_in_clear: false,
             rx: Vec::new(),
         }
     }
 
-    pub fn send(&mut self, req: &Request) {
-        let bytes = frame::encode(req).expect("encode");
-        self.stream.write_all(&bytes).expect("send");
+    /// The channel binding the login signs; `None` in clear.
+    pub fn channel_binding(&self) -> Option<ftpd::tls::ChannelBinding> {
+        self.tls
+            .as_ref()
+            .map(|c| ftpd::tls::channel_binding(&***c).expect("channel binding"))
     }
 
+    pub fn send(&mut self, req: &Request) {
+        let bytes = frame::encode(req).expect("encode");
+        self.send_raw(&bytes).expect("send");
+    }
+
+    /// Sends bytes as they are (inside TLS when the session has it).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        match &mut self.tls {
+            None if self.refused_in_clear => Ok(()),
+            None => self.stream.write_all(bytes),
+            Some(conn) => {
+                let mut io = rustls::Stream::new(&mut **conn, &mut self.stream);
+                io.write_all(bytes)?;
+                io.flush()
+            }
+        }
+    }
+
+    /// Writes `frame` over and over, without blocking, until the server
+    /// stops taking bytes or `limit` bytes of frames went out; returns the
+    /// bytes of frames sent. Over TLS each piece is encrypted as it goes,
+    /// so the server decrypts all it reads.
+    pub fn flood(&mut self, frame: &[u8], limit: usize) -> usize {
+        let burst: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * (16 * 1024 / frame.len()))
+            .collect();
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut sent = 0;
+        let mut wire: Vec<u8> = Vec::new();
+        let mut at = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sent < limit && std::time::Instant::now() < deadline {
+            if at == wire.len() {
+                wire.clear();
+                at = 0;
+                match &mut self.tls {
+                    None => wire.extend_from_slice(&burst),
+                    Some(conn) => {
+                        conn.writer().write_all(&burst).expect("encrypt");
+                        while conn.wants_write() {
+                            conn.write_tls(&mut wire).expect("records");
+                        }
+                    }
+                }
+                sent += burst.len();
+            }
+            match self.stream.write(&wire[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Let the server take what it will, then try once more.
+                    std::thread::sleep(Duration::from_millis(2));
+                    match self.stream.write(&wire[at..]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("flood write: {e}"),
+                    }
+                }
+                Err(e) => panic!("flood write: {e}"),
+            }
+        }
+        sent
+    }
+
+    /// Reads what arrives (decrypted when the session has TLS).
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(buf),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.stream).read(buf),
+        }
     }
 
     /// The next reply, owned; None when the server closed the connection.
@@ -348,10 +528,12 @@ impl Raw {
                 Err(e) => panic!("bad frame from server: {e}"),
             }
             let mut buf = [0u8; 64 * 1024];
-            match self.stream.read(&mut buf) {
+            match self.read_some(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => self.rx.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                // The server ended TLS without close_notify: closed, too.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -362,7 +544,7 @@ impl Raw {
         self.stream.set_nonblocking(true).expect("nonblocking");
         let mut buf = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut buf) {
+            match self.read_some(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => self.rx.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -423,12 +605,14 @@ impl Raw {
             return (challenge.clone(), challenge, Vec::new());
         };
         let keys = scram::client_keys(password.as_bytes(), salt, kdf).expect("kdf");
+        let binding = self.channel_binding();
         let auth = scram::Transcript {
             user,
             client_nonce: &nonce,
             server_nonce,
             salt,
             kdf: *kdf,
+            channel_binding: binding.as_ref(),
         }
         .auth_message();
         let proof = scram::client_proof(&keys, &auth).to_vec();

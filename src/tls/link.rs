@@ -1,0 +1,266 @@
+//! The transport seam for nonblocking sockets: a connection's bytes go
+//! through a [`Link`], which is either the socket itself or a rustls
+//! connection over it. [`Link::on`] gives a `Read + Write` view whose
+//! reads return plaintext and whose writes take plaintext, so the buffers
+//! and state machines above never see TLS.
+//!
+//! Reads: drain rustls's decrypted bytes; when there are none, `read_tls`
+//! once and `process_new_packets`, and go on until the socket would block.
+//! Handshake answers that processing produced are sent at once. Writes:
+//! rustls takes plaintext only up to [`super::SEND_BUFFER_LIMIT`] of
+//! unsent records, so a peer that stops reading holds a bounded amount,
+//! and what rustls cannot take stays in the caller's buffer, where its
+//! backpressure sees it. [`Link::has_output`] says whether records are
+//! still waiting for the socket, and [`Link::flush`] sends them.
+//!
+//! The same adapter serves the server (mio sockets) and `ftpload`; the
+//! blocking `ftpc` uses rustls's own `StreamOwned`.
+
+use std::io::{self, Read, Write};
+
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+use super::{ChannelBinding, SEND_BUFFER_LIMIT};
+
+/// The first byte of every TLS handshake record.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Why a TLS link failed, for the log and for the peer's message.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The peer spoke in clear to a TLS endpoint.
+    #[error("the peer does not speak TLS (its first byte was {0:#04x})")]
+    NotTls(u8),
+    /// The TLS layer refused what arrived.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// One connection's transport.
+pub enum Link {
+    /// Bytes go to the socket as they are (`--plaintext`).
+    Plain,
+    /// Bytes go through TLS.
+    Tls(Box<Tls>),
+}
+
+/// A TLS connection and what the link remembers about it.
+pub struct Tls {
+    conn: Connection,
+    /// The first byte the peer sent, once it has sent one: tells a peer
+    /// that speaks in clear from one that speaks TLS badly.
+    first_byte: Option<u8>,
+}
+
+impl Link {
+    /// A server's end of a new connection.
+    pub fn server(mut conn: ServerConnection) -> Link {
+        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        Link::tls(Connection::Server(conn))
+    }
+
+    /// A client's end of a new connection.
+    pub fn client(mut conn: ClientConnection) -> Link {
+        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        Link::tls(Connection::Client(conn))
+    }
+
+    fn tls(conn: Connection) -> Link {
+        Link::Tls(Box::new(Tls {
+            conn,
+            first_byte: None,
+        }))
+    }
+
+    /// A `Read + Write` view of the link over `sock`.
+    pub fn on<'a, S: Read + Write>(&'a mut self, sock: &'a mut S) -> LinkIo<'a, S> {
+        LinkIo { link: self, sock }
+    }
+
+    /// How many bytes of unsent records rustls may hold before it takes no
+    /// more plaintext (a few KiB before login, more for a stream).
+    pub fn set_send_limit(&mut self, limit: usize) {
+        if let Link::Tls(tls) = self {
+            tls.conn.set_buffer_limit(Some(limit));
+        }
+    }
+
+    /// Whether encrypted bytes wait to be written to the socket.
+    pub fn has_output(&self) -> bool {
+        match self {
+            Link::Plain => false,
+            Link::Tls(tls) => tls.conn.wants_write(),
+        }
+    }
+
+    /// Writes waiting records until done or the socket would block; returns
+    /// the bytes written.
+    pub fn flush<S: Write>(&mut self, sock: &mut S) -> io::Result<usize> {
+        match self {
+            Link::Plain => Ok(0),
+            Link::Tls(tls) => flush_records(&mut tls.conn, sock),
+        }
+    }
+
+    /// Whether the TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Link::Plain => false,
+            Link::Tls(tls) => tls.conn.is_handshaking(),
+        }
+    }
+
+    /// The connection's channel binding, once the handshake is done; `None`
+    /// in clear.
+    pub fn channel_binding(&self) -> Option<Result<ChannelBinding, rustls::Error>> {
+        match self {
+            Link::Plain => None,
+            Link::Tls(tls) => Some(match &tls.conn {
+                Connection::Client(c) => super::channel_binding(&**c),
+                Connection::Server(s) => super::channel_binding(&**s),
+            }),
+        }
+    }
+
+    /// What the handshake negotiated, or "plaintext".
+    pub fn describe(&self) -> String {
+        match self {
+            Link::Plain => "plaintext".to_owned(),
+            Link::Tls(tls) => super::describe(&tls.conn),
+        }
+    }
+
+    /// The peer's certificate chain (a client's view of the server).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        match self {
+            Link::Plain => None,
+            Link::Tls(tls) => tls.conn.peer_certificates(),
+        }
+    }
+
+    /// Queues a `close_notify` alert, so the peer can tell our end of the
+    /// stream from a cut; [`Link::flush`] sends it.
+    pub fn close_notify(&mut self) {
+        if let Link::Tls(tls) = self {
+            tls.conn.send_close_notify();
+        }
+    }
+
+    /// Whether the peer has sent anything yet (the server's check that a
+    /// client speaking in clear gets told why it is refused).
+    pub fn heard_from_peer(&self) -> bool {
+        match self {
+            Link::Plain => true,
+            Link::Tls(tls) => tls.first_byte.is_some(),
+        }
+    }
+}
+
+/// A link borrowed together with its socket; see [`Link::on`].
+pub struct LinkIo<'a, S> {
+    link: &'a mut Link,
+    sock: &'a mut S,
+}
+
+impl<S: Read + Write> Read for LinkIo<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let tls = match self.link {
+            Link::Plain => return self.sock.read(buf),
+            Link::Tls(tls) => tls,
+        };
+        loop {
+            match tls.conn.reader().read(buf) {
+                // Ok(0) is the peer's close_notify: a clean end.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            let mut sniff = Sniff {
+                sock: &mut *self.sock,
+                first_byte: &mut tls.first_byte,
+            };
+            if tls.conn.read_tls(&mut sniff)? == 0 {
+                // The socket's end of file, with or without close_notify.
+                return Ok(0);
+            }
+            if let Err(e) = tls.conn.process_new_packets() {
+                let why = match tls.first_byte {
+                    // A peer in clear could not read an alert; the caller
+                    // answers it in clear instead.
+                    Some(b) if b != TLS_HANDSHAKE_RECORD => LinkError::NotTls(b),
+                    _ => {
+                        // Tell the peer why (rustls queued an alert), best effort.
+                        let _ = flush_records(&mut tls.conn, self.sock);
+                        LinkError::Tls(e)
+                    }
+                };
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            }
+            // The handshake may owe the peer an answer now.
+            match flush_records(&mut tls.conn, self.sock) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> Write for LinkIo<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let tls = match self.link {
+            Link::Plain => return self.sock.write(buf),
+            Link::Tls(tls) => tls,
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let sent = |r: io::Result<usize>| match r {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        };
+        sent(flush_records(&mut tls.conn, self.sock))?;
+        let taken = tls.conn.writer().write(buf)?;
+        sent(flush_records(&mut tls.conn, self.sock))?;
+        if taken == 0 {
+            // rustls's buffer is at its limit and the socket is full.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.link.flush(self.sock).map(drop)
+    }
+}
+
+/// Writes TLS records until none wait or the socket would block. Returns
+/// `WouldBlock` only when records are left and nothing could be written.
+fn flush_records<S: Write>(conn: &mut Connection, sock: &mut S) -> io::Result<usize> {
+    let mut total = 0;
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// A socket reader that remembers the first byte the peer sent.
+struct Sniff<'a, S> {
+    sock: &'a mut S,
+    first_byte: &'a mut Option<u8>,
+}
+
+impl<S: Read> Read for Sniff<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        if self.first_byte.is_none() && n > 0 {
+            *self.first_byte = Some(buf[0]);
+        }
+        Ok(n)
+    }
+}
