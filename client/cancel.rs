@@ -1,10 +1,14 @@
 //! Ctrl-C in the shell: it cancels the transfer in progress, not the shell.
 //!
 //! The protocol has no message to cancel a transfer, so a cancelled
-//! transfer ends its session: the SIGINT handler only sets a flag, the
+//! transfer ends its session: the SIGINT handler only sets a flag; the
 //! transfer loops look at it between chunks (and while they sleep for
-//! `--limit-rate`) and fail with [`Failure::Cancelled`], and the shell then
-//! drops the connection and logs in again. What was moved so far stays for
+//! `--limit-rate`), and so does every wait on the server, every [`POLL`]
+//! (`conn.rs`: a stalled server does not hold the prompt hostage; the
+//! signal itself may land on another thread and interrupt no read). They fail
+//! with [`Failure::Cancelled`], and the shell then drops the connection and
+//! logs in again. Any command waiting on the server can be cancelled so,
+//! a long listing too. What was moved so far stays for
 //! a resume: the server keeps an upload's partial file when its client goes
 //! away, and a download keeps its `.part` file.
 //!
@@ -16,6 +20,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Failure;
+
+/// How often a wait on the server looks at the flag.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Set by the SIGINT handler once the shell installed it.
 static REQUESTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
