@@ -215,8 +215,16 @@ enum Stop {
 use Stop::{Cancelled, Failed};
 
 impl<E: Into<anyhow::Error>> From<E> for Stop {
+    /// Any command waiting on the server can be cancelled; whatever it was,
+    /// the session is out of step and is replaced.
     fn from(e: E) -> Stop {
-        Failed(e.into())
+        let e = e.into();
+        match e.downcast_ref::<Failure>() {
+            Some(Failure::Cancelled) => Cancelled {
+                what: "cancelled (the server may have done it already)".into(),
+            },
+            _ => Failed(e),
+        }
     }
 }
 
@@ -334,7 +342,7 @@ fn cancelled(e: anyhow::Error, cmd: &Command) -> Stop {
             "get of {} cancelled; the .part file is kept: get it again to resume",
             sanitize(remote)
         ),
-        _ => "cancelled".into(),
+        _ => return Stop::from(e),
     };
     Cancelled { what }
 }
