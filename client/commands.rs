@@ -1,5 +1,6 @@
 //! The commands, one function each, shared by one-shot use and the shell.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,8 +12,11 @@ use ftpd::proto::{EntryKind, ErrorCode, MAX_LIST_ENTRIES, Reply, Request};
 use crate::conn::Conn;
 use crate::display;
 use crate::error::Failure;
+use crate::glob::{expand_remote, expand_remote_entries, has_magic};
 use crate::pace::Awaiting;
 use crate::transfer;
+use crate::tree_get;
+use crate::tree_report::more_serious;
 
 /// A command that works on a session (the shell adds `cd` and `exit`).
 #[derive(Debug, Subcommand)]
@@ -33,8 +37,15 @@ pub enum Command {
     Mkdir { path: String },
     /// Remove an empty directory.
     Rmdir { path: String },
-    /// Remove a file.
-    Rm { path: String },
+    /// Remove files (patterns allowed); with -r, folders and all they hold.
+    Rm {
+        /// Remove folders and everything in them (on the server, in
+        /// pieces; never the home itself).
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+    },
     /// Move or rename a file or directory (replaces an existing file).
     Mv { from: String, to: String },
     /// Show type, size and modification time of a path.
@@ -52,12 +63,19 @@ pub enum Command {
         #[arg(long)]
         no_resume: bool,
     },
-    /// Download a file, resuming from LOCAL.part if it exists.
+    /// Download a file, resuming from LOCAL.part if it exists; with -r a
+    /// folder; with several sources (or a pattern), each into LOCAL.
+    #[command(override_usage = "get [-r] REMOTE [LOCAL]\n       get [-r] REMOTE... LOCAL_DIR")]
     Get {
-        remote: String,
-        /// Local path or directory (default: the remote file's name, here);
-        /// `-` writes to standard output.
-        local: Option<PathBuf>,
+        /// The remote paths (patterns allowed: *, ?, [...]), then the local
+        /// path or folder (default: the remote name, here); `-` writes one
+        /// file to standard output.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<OsString>,
+        /// Download folders and everything in them: `get -r DIR LOCAL`
+        /// puts DIR's contents in LOCAL (default: DIR's name, here).
+        #[arg(short, long)]
+        recursive: bool,
         /// Start over even if LOCAL.part exists.
         #[arg(long)]
         no_resume: bool,
@@ -71,7 +89,7 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
         Command::Ls { path, order, .. } => ls(conn, path.as_deref().unwrap_or(""), order),
         Command::Mkdir { path } => Ok(conn.call_ok(&Request::Mkdir { path: path.clone() })?),
         Command::Rmdir { path } => Ok(conn.call_ok(&Request::Rmdir { path: path.clone() })?),
-        Command::Rm { path } => Ok(conn.call_ok(&Request::Remove { path: path.clone() })?),
+        Command::Rm { recursive, paths } => rm(conn, paths, *recursive),
         Command::Mv { from, to } => Ok(conn.call_ok(&Request::Rename {
             from: from.clone(),
             to: to.clone(),
@@ -94,13 +112,63 @@ pub fn run(conn: &mut Conn, cmd: &Command, quiet: bool) -> anyhow::Result<()> {
             no_resume,
         } => transfer::put(conn, local, remote.as_deref(), !no_resume, quiet),
         Command::Get {
-            remote,
-            local,
+            paths,
+            recursive,
             no_resume,
-        } => match local.as_deref() {
-            Some(path) if path.as_os_str() == "-" => transfer::get_to_stdout(conn, remote, quiet),
-            local => transfer::get(conn, remote, local, !no_resume, quiet),
-        },
+        } => tree_get::get_command(
+            conn,
+            paths,
+            tree_get::Options {
+                recursive: *recursive,
+                resume: !no_resume,
+                quiet,
+            },
+        ),
+    }
+}
+
+/// `rm [-r] PATH...`: each path (patterns expanded) in turn; a failure
+/// is reported and the rest still go. Exits with the most serious failure.
+fn rm(conn: &mut Conn, paths: &[String], recursive: bool) -> anyhow::Result<()> {
+    let (mut failed, mut worst) = (0u64, None);
+    for pattern in paths {
+        let removed = expand_remote(conn, pattern).and_then(|found| {
+            found.iter().try_for_each(|path| {
+                if recursive {
+                    remove_tree(conn, path)
+                } else {
+                    conn.call_ok(&Request::Remove { path: path.clone() })
+                }
+            })
+        });
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.is_fatal() || paths.len() == 1 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("ftpc: {e}");
+                failed += 1;
+                let code = e.exit_code();
+                worst = Some(worst.map_or(code, |w| more_serious(w, code)));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some(code) => Err(Failure::Tree { failed, code }.into()),
+    }
+}
+
+/// Removes the tree `path` on the server, waiting as long as it reports
+/// progress.
+pub fn remove_tree(conn: &mut Conn, path: &str) -> Result<(), Failure> {
+    conn.send(&Request::RemoveTree { path: path.into() })?;
+    let mut pace = conn.pace(Awaiting::Removal);
+    loop {
+        match conn.recv_paced(&pace)? {
+            Reply::Removing { .. } => pace.advance(1),
+            Reply::Ok => return Ok(()),
+            other => return Err(Failure::unexpected("Removing or Ok", &other)),
+        }
     }
 }
 
@@ -124,8 +192,21 @@ fn ping(conn: &mut Conn) -> anyhow::Result<()> {
     print_lines(std::iter::once(first).chain(security))
 }
 
-/// Lists `path`, or shows a single entry when `path` is a file.
+/// Lists `path`, or shows a single entry when `path` is a file; a pattern
+/// shows the entries it matches.
 fn ls(conn: &mut Conn, path: &str, options: &display::ListOptions) -> anyhow::Result<()> {
+    if has_magic(path) {
+        let mut entries: Vec<_> = expand_remote_entries(conn, path)?
+            .into_iter()
+            .filter_map(|(_, entry)| entry)
+            .collect();
+        display::sort_entries(&mut entries, options);
+        return print_lines(display::listing_lines(
+            &entries,
+            options.human,
+            &display::Look::current(),
+        ));
+    }
     let mut entries = Vec::new();
     conn.send(&Request::List { path: path.into() })?;
     let mut pace = conn.pace(Awaiting::Listing);

@@ -49,6 +49,9 @@ pub struct Conn {
     lent: usize,
     /// Encoded requests, reused.
     tx: Vec<u8>,
+    /// Pipelined requests not written yet: they go out together, when
+    /// ftpc next waits for the server or sends anything else.
+    queued: Vec<u8>,
     /// The server's self-description from `Hello` ("ftpd 0.1.0").
     server: String,
     /// The protocol version the server speaks.
@@ -97,6 +100,7 @@ impl Conn {
             end: 0,
             lent: 0,
             tx: Vec::with_capacity(1024),
+            queued: Vec::new(),
             server: String::new(),
             version: 0,
             timeout,
@@ -250,8 +254,28 @@ impl Conn {
         Pace::start(awaiting, self.timeout)
     }
 
-    /// Sends one request.
+    /// Queues a pipelined request: it is written with the others queued
+    /// before ftpc next waits for a reply (one write for many requests).
+    pub fn queue(&mut self, req: &Request) -> Result<(), Failure> {
+        frame::encode_into(req, &mut self.queued)
+            .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))
+    }
+
+    /// Writes the queued requests.
+    fn flush_queued(&mut self) -> Result<(), Failure> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let mut pace = self.pace(Awaiting::Request);
+        let Conn { stream, queued, .. } = self;
+        let written = write_paced(stream, queued, &mut pace);
+        queued.clear();
+        written
+    }
+
+    /// Sends one request (after any queued ones).
     pub fn send(&mut self, req: &Request) -> Result<(), Failure> {
+        self.flush_queued()?;
         self.tx.clear();
         frame::encode_into(req, &mut self.tx)
             .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))?;
@@ -263,6 +287,7 @@ impl Conn {
     /// Sends bytes that are already framed (upload chunks), counting them
     /// as progress of `pace`.
     pub fn send_paced(&mut self, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
+        self.flush_queued()?;
         write_paced(&mut self.stream, bytes, pace)
     }
 
@@ -333,6 +358,8 @@ impl Conn {
 
     /// Reads more bytes into the receive buffer before `pace`'s deadline.
     fn fill(&mut self, pace: &Pace) -> Result<(), Failure> {
+        // What we wait for may answer a queued request.
+        self.flush_queued()?;
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         } else if self.rx.len() - self.end < MIN_READ {

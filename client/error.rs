@@ -66,6 +66,10 @@ pub enum Failure {
     /// session is dropped and the shell logs in again.
     #[error("cancelled")]
     Cancelled,
+    /// Some files of a tree job failed; `code` is the most serious
+    /// failure's (see `tree_report::SEVERITY`). The files were listed.
+    #[error("{failed} {} failed", if *failed == 1 { "file" } else { "files" })]
+    Tree { failed: u64, code: u8 },
     /// Some lines of a shell script failed; `code` is the last failure's.
     #[error("{failed} of {total} commands failed")]
     Script {
@@ -104,7 +108,7 @@ impl Failure {
             Failure::Integrity(_) => exit::INTEGRITY,
             Failure::Local(_) | Failure::Cancelled => exit::OTHER,
             Failure::Trust(_) | Failure::UnknownKey { .. } => exit::TRUST,
-            Failure::Script { code, .. } => *code,
+            Failure::Script { code, .. } | Failure::Tree { code, .. } => *code,
         }
     }
 
@@ -184,6 +188,8 @@ fn reply_name(reply: &ftpd::proto::Reply) -> &'static str {
         GetReady { .. } => "GetReady",
         Chunk(_) => "Chunk",
         GetDone { .. } => "GetDone",
+        ListPage { .. } => "ListPage",
+        Removing { .. } => "Removing",
     }
 }
 

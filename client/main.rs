@@ -33,12 +33,17 @@ mod commands;
 mod conn;
 mod display;
 mod error;
+mod glob;
+mod listing;
+mod local_dir;
 mod pace;
 mod progress;
 mod rate;
 mod shell;
 mod transfer;
 mod transport;
+mod tree_get;
+mod tree_report;
 mod trust;
 
 use std::io::IsTerminal;

@@ -39,6 +39,8 @@ pub enum Awaiting {
     Download,
     /// The server to take an upload's chunks.
     Upload,
+    /// An `rm -r`'s progress frames, up to its `Ok`.
+    Removal,
 }
 
 impl Awaiting {
@@ -50,6 +52,8 @@ impl Awaiting {
             // LIST_BATCH is a few hundred, so it fits in u64.
             Awaiting::Listing => Some(LIST_BATCH as u64),
             Awaiting::Download | Awaiting::Upload => Some(BYTES_PER_STEP),
+            // The server sends one after each bounded piece of removal.
+            Awaiting::Removal => Some(1),
         }
     }
 }
@@ -118,6 +122,9 @@ impl Pace {
             }
             Awaiting::Upload => {
                 format!("timed out: the server took less than {step} of the file in {secs} s")
+            }
+            Awaiting::Removal => {
+                format!("timed out: the server reported no progress removing the tree in {secs} s")
             }
         })
     }

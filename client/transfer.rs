@@ -322,7 +322,7 @@ pub fn get(
         out: &mut file,
         failed: &format!("cannot write {shown}"),
     };
-    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, &progress)?;
+    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, |n| progress.inc(n))?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {
         drop(file);
@@ -345,21 +345,22 @@ pub fn get(
 }
 
 /// Where a download's bytes go, and what to say when writing there fails.
-struct Sink<'a, W> {
-    out: &'a mut W,
-    failed: &'a str,
+pub struct Sink<'a, W> {
+    pub out: &'a mut W,
+    pub failed: &'a str,
 }
 
 /// Receives a download's chunks into `sink` up to `GetDone`, whose CRC32
 /// it returns. After a local write error it keeps reading to the end, so
-/// the session stays in step, and reports the error then.
-fn receive_chunks(
+/// the session stays in step, and reports the error then. `progress` is
+/// told of every chunk's bytes.
+pub fn receive_chunks(
     conn: &mut Conn,
     sink: Sink<impl Write>,
     hasher: &mut Hasher,
     size: u64,
     offset: u64,
-    progress: &Progress,
+    progress: impl Fn(u64),
 ) -> anyhow::Result<u32> {
     let want = size - offset;
     let mut got = 0u64;
@@ -384,7 +385,7 @@ fn receive_chunks(
                 got += data.len() as u64;
                 let n = data.len() as u64;
                 pace.advance(n);
-                progress.inc(n);
+                progress(n);
                 // Ctrl-C in the shell, and --limit-rate, act between chunks.
                 throttle.pay(n, &mut pace)?;
             }
@@ -423,7 +424,7 @@ pub fn get_to_stdout(conn: &mut Conn, remote: &str, quiet: bool) -> anyhow::Resu
         out: &mut out,
         failed: "cannot write to standard output",
     };
-    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, &progress)?;
+    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, |n| progress.inc(n))?;
     out.flush().context("cannot write to standard output")?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {
@@ -461,7 +462,7 @@ fn open_part(part: &Path, resume: bool, buf: &mut [u8]) -> std::io::Result<(File
 
 /// Where a download goes: `local`, or inside it if it is a directory, or
 /// the remote file's name in the current directory.
-fn local_target(remote: &str, local: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn local_target(remote: &str, local: Option<&Path>) -> anyhow::Result<PathBuf> {
     let name = remote_file_name(remote);
     match local {
         Some(dir) if dir.is_dir() => match name {
@@ -484,7 +485,7 @@ fn no_name(remote: &str) -> anyhow::Error {
 /// The last component of a remote path, if it can be a local file name.
 /// The server's paths never choose where a download lands beyond this one
 /// plain name.
-fn remote_file_name(remote: &str) -> Option<&str> {
+pub fn remote_file_name(remote: &str) -> Option<&str> {
     let name = remote.rsplit('/').next()?;
     (!matches!(name, "" | "." | "..")).then_some(name)
 }

@@ -41,8 +41,18 @@
 //! upload's chunks up to `PutEnd`, so the session stays usable.
 //!  GetStart{path,offset,prefix_crc}
 //!                            ◄──   GetReady{size,offset} Chunk(bytes)* GetDone{crc32} | Error
+//!  ListFrom{path,from}       ──►   (one page of a walk; from = 0 or a ListPage's next)
+//!                            ◄──   Entries(..)* ListPage{next: Some(pos) | None} | Error
+//!  RemoveTree{path}          ──►   (rm -r; never the home itself)
+//!                            ◄──   Removing{entries}* Ok | Error
 //!  Bye                       ──►   (server closes)
 //! ```
+//!
+//! Requests may be pipelined: a client may send the next requests before
+//! the replies to earlier ones have arrived (`ftpc get -r` keeps a bounded
+//! window of `GetStart`s in flight). The server reads a request only once
+//! it has answered the one before, so the later ones wait in the socket's
+//! buffers, and replies come in request order.
 //!
 //! Every request gets exactly one reply (a listing and a download are one
 //! reply streamed as several frames). A request the session's state does not
@@ -173,6 +183,15 @@ pub enum Request<'a> {
     },
     /// End of session.
     Bye,
+    /// One page of a folder's listing, for walks: at most
+    /// [`MAX_LIST_ENTRIES`] entries from the folder position `from` (0: the
+    /// start), answered by `Entries*` and `ListPage`. Unlike `List`, a
+    /// folder of any size can be read whole, a page at a time, without the
+    /// server holding more than a batch.
+    ListFrom { path: String, from: u64 },
+    /// Remove a folder and everything in it (or one file), on the server's
+    /// helper threads in bounded pieces. The home itself is refused.
+    RemoveTree { path: String },
 }
 
 /// A message from server to client.
@@ -224,6 +243,14 @@ pub enum Reply<'a> {
     Chunk(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
     /// Download complete; CRC32 of the whole file.
     GetDone { crc32: u32 },
+    /// End of a `ListFrom` page: where the next page starts, or `None`
+    /// when the folder has been read to its end. The position is the
+    /// server's own cookie; clients only hand it back.
+    ListPage { next: Option<u64> },
+    /// A `RemoveTree` is under way: `entries` removed so far. Sent now and
+    /// then (never more than one waiting in the send buffer) before the
+    /// final `Ok` or `Error`, so a long removal shows progress.
+    Removing { entries: u64 },
 }
 
 /// Why a request failed, in terms a client can turn into a message and an

@@ -82,6 +82,8 @@ fn own_request(req: Request) -> Request<'static> {
             prefix_crc,
         },
         Request::Bye => Request::Bye,
+        Request::ListFrom { path, from } => Request::ListFrom { path, from },
+        Request::RemoveTree { path } => Request::RemoveTree { path },
     }
 }
 

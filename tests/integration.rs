@@ -22,3 +22,4 @@ mod server_ops;
 mod shell_tty;
 mod tls;
 mod transfer;
+mod tree_get;

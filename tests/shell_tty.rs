@@ -42,7 +42,7 @@ impl Tty {
     fn shell(&self, extra: &[&str], env: &[(&str, &str)]) -> PtySession {
         let mut args = extra.to_vec();
         args.push("shell");
-        let mut cmd = self.server.ftpc_tty_cmd("alice", PW, &args);
+        let mut cmd = self.server.ftpc_cmd_loud("alice", PW, &args);
         cmd.current_dir(self.local.path())
             .env("XDG_STATE_HOME", self.state.path())
             .env("HOME", self.state.path())
@@ -169,6 +169,9 @@ fn lcd_then_put_of_a_relative_path_and_a_local_glob() {
     run(&mut s, "lmkdir back");
     run(&mut s, "get up/b.jpg back/");
     assert_eq!(fs::read(photos.join("back/b.jpg")).unwrap(), b"BB");
+    // get -r of a folder makes a folder of its name in the lcd folder.
+    run(&mut s, "get -r up");
+    assert_eq!(fs::read(photos.join("up/a.jpg")).unwrap(), b"A");
     let out = run(&mut s, "lls back");
     assert!(
         out.contains(" b.jpg"),
@@ -351,7 +354,7 @@ fn listings_are_coloured_on_a_terminal_unless_no_color() {
     fs::create_dir(t.home().join("folder")).unwrap();
     fs::write(t.home().join("file.txt"), b"x").unwrap();
     let ls = |env: &[(&str, &str)]| {
-        let mut cmd = t.server.ftpc_tty_cmd("alice", PW, &["ls"]);
+        let mut cmd = t.server.ftpc_cmd_loud("alice", PW, &["ls"]);
         cmd.env("TERM", "xterm").env_remove("NO_COLOR");
         for (k, v) in env {
             cmd.env(k, v);

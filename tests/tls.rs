@@ -428,3 +428,97 @@ fn socket2_connect(source: &str, to: std::net::SocketAddr) -> Option<TcpStream> 
     rustix::net::connect(&fd, &to).ok()?;
     Some(TcpStream::from(fd))
 }
+
+/// A CA of the test's own, and a certificate and key it signed for
+/// "localhost", written into `dir` as ca.pem, cert.pem and key.pem.
+fn ca_signed_localhost(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.signed_by(&key, &ca).expect("sign");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca.pem");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert.pem");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key.pem");
+}
+
+#[test]
+fn a_certificate_valid_under_the_system_roots_is_trusted_without_asking_or_pinning() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca_signed_localhost(certs.path());
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let (_data, server) = site(&["--tls-cert", cert, "--tls-key", key]);
+    let hosts = Hosts::new();
+    let addr = format!("localhost:{}", server.addr.port());
+    let run = |roots: &std::path::Path| {
+        let mut cmd = std::process::Command::new(FTPC);
+        cmd.args(["--server", &addr, "--user", "alice", "--quiet"])
+            .arg("--known-hosts")
+            .arg(hosts.path())
+            .arg("ls")
+            .env("FTPC_PASSWORD", PW)
+            // rustls-native-certs reads the system's roots from here.
+            .env("SSL_CERT_FILE", roots)
+            .stdin(std::process::Stdio::null());
+        util::clean_client_env(&mut cmd);
+        cmd.output().expect("ftpc")
+    };
+    let out = run(&certs.path().join("ca.pem"));
+    util::assert_success(&out, "ls trusting the CA");
+    assert!(!hosts.path().exists(), "a CA-trusted key is not pinned");
+    // Without that root the same key is just unknown.
+    let other = tempfile::tempdir().expect("tempdir");
+    ca_signed_localhost(other.path());
+    let out = run(&other.path().join("ca.pem"));
+    assert_eq!(code(&out), Some(8), "{}", stderr(&out));
+}
+
+#[test]
+fn sighup_reloads_the_given_certificate_and_a_broken_one_keeps_the_old() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let cert = files.path().join("cert.pem");
+    let key = files.path().join("key.pem");
+    let make = |dir: &std::path::Path| {
+        let source = ftpd::tls::identity::Source::Generated {
+            root: dir.to_owned(),
+        };
+        let fp = source.load().expect("identity").fingerprint.to_string();
+        std::fs::copy(dir.join("tls-cert.pem"), &cert).expect("cert");
+        std::fs::copy(dir.join("tls-key.pem"), &key).expect("key");
+        fp
+    };
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let first = make(first_dir.path());
+    let (c, k) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let (_data, server) = site(&["--tls-cert", c, "--tls-key", k]);
+    assert_eq!(server.fingerprint.as_deref(), Some(first.as_str()));
+    let hosts = Hosts::new();
+    let addr = server.addr.to_string();
+    let ls_with = |fp: &str| ftpc_bare(&addr, &hosts.path(), &["--fingerprint", fp, "ls"]);
+    util::assert_success(&ls_with(&first), "ls with the first key");
+
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let second = make(second_dir.path());
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    server
+        .wait_log("TLS identity reloaded", Duration::from_secs(10))
+        .expect("reloaded");
+    util::assert_success(&ls_with(&second), "ls with the second key");
+    assert_eq!(code(&ls_with(&first)), Some(8), "the old key is gone");
+
+    std::fs::write(&cert, "not a certificate").expect("break the file");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let line = server
+        .wait_log("TLS identity not reloaded", Duration::from_secs(10))
+        .expect("refused");
+    assert!(line.contains("cert.pem"), "{line}");
+    util::assert_success(&ls_with(&second), "the second key still serves");
+}

@@ -982,5 +982,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         Reply::GetReady { .. } => "GetReady",
         Reply::Chunk(_) => "Chunk",
         Reply::GetDone { .. } => "GetDone",
+        Reply::ListPage { .. } => "ListPage",
+        Reply::Removing { .. } => "Removing",
     }
 }

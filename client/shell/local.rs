@@ -37,6 +37,11 @@ impl LocalDir {
         }
     }
 
+    /// The folder set by `lcd`, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// The folder relative paths start from.
     pub fn base(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(|| PathBuf::from("."))
@@ -113,21 +118,22 @@ impl LocalDir {
     /// literally named `*.jpgg`.
     pub fn glob(&self, pattern: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let text = pattern.to_string_lossy();
-        if !text.contains(['*', '?', '[']) {
+        // The same rule as for remote patterns (`glob.rs`).
+        if !crate::glob::has_magic(&text) {
             return Ok(vec![self.resolve(pattern)]);
         }
         let full = match &self.dir {
             Some(dir) if pattern.is_relative() => {
-                let base = glob::Pattern::escape(&dir.to_string_lossy());
+                let base = ::glob::Pattern::escape(&dir.to_string_lossy());
                 format!("{base}/{text}")
             }
             _ => text.to_string(),
         };
-        let options = glob::MatchOptions {
+        let options = ::glob::MatchOptions {
             require_literal_leading_dot: true,
             ..Default::default()
         };
-        let paths = glob::glob_with(&full, options)
+        let paths = ::glob::glob_with(&full, options)
             .map_err(|e| anyhow::anyhow!("bad pattern {text}: {e}"))?;
         let mut matches = Vec::new();
         for path in paths {

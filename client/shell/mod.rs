@@ -17,6 +17,7 @@ mod local;
 mod remote;
 
 use std::cell::RefCell;
+use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -303,19 +304,14 @@ impl Shell<'_> {
                 Ok(())
             }
             Command::Get {
-                remote,
-                local,
+                mut paths,
+                recursive,
                 no_resume,
             } => {
-                let local = match local {
-                    Some(l) if l.as_os_str() == "-" => Some(l),
-                    Some(l) => Some(self.local.resolve(&l)),
-                    // The remote name, in the local folder.
-                    None => Some(self.local.base()).filter(|b| b != Path::new(".")),
-                };
+                self.local_target(&mut paths, recursive)?;
                 let cmd = Command::Get {
-                    remote,
-                    local,
+                    paths,
+                    recursive,
                     no_resume,
                 };
                 let conn = self.remote.conn()?;
@@ -323,6 +319,45 @@ impl Shell<'_> {
             }
             cmd => Ok(commands::run(self.remote.conn()?, &cmd, quiet)?),
         }
+    }
+}
+
+impl Shell<'_> {
+    /// Makes get's local target relative to the `lcd` folder: the last of
+    /// several paths, or, for one remote path, the `lcd` folder itself
+    /// (`get -r DIR`: a folder named as DIR in it), where one-shot `get`
+    /// would use the process's folder. Without `lcd`, nothing changes.
+    fn local_target(&self, paths: &mut Vec<OsString>, recursive: bool) -> Result<(), Stop> {
+        let Some(base) = self.local.dir() else {
+            return Ok(());
+        };
+        match paths.as_mut_slice() {
+            [] => {}
+            [remote] => {
+                let target = if recursive && !remote.to_str().is_some_and(crate::glob::has_magic) {
+                    let name = remote
+                        .to_str()
+                        .map(|r| r.trim_end_matches('/'))
+                        .and_then(|r| r.rsplit('/').next())
+                        .filter(|n| !matches!(*n, "" | "." | ".."))
+                        .ok_or_else(|| {
+                            Failure::Usage(
+                                "cannot choose a local folder name; give one: get -r REMOTE LOCAL"
+                                    .into(),
+                            )
+                        })?;
+                    base.join(name)
+                } else {
+                    base.to_owned()
+                };
+                paths.push(target.into_os_string());
+            }
+            [.., last] if last.as_os_str() != "-" => {
+                *last = self.local.resolve(Path::new(last)).into_os_string();
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -338,9 +373,11 @@ fn cancelled(e: anyhow::Error, cmd: &Command) -> Stop {
              put it again to go on",
             local.display()
         ),
-        Command::Get { remote, .. } => format!(
-            "get of {} cancelled; the .part file is kept: get it again to resume",
-            sanitize(remote)
+        Command::Get { paths, .. } => format!(
+            "get of {} cancelled; what arrived is kept (.part): get it again to resume",
+            paths
+                .first()
+                .map_or("the file".into(), |p| p.to_string_lossy()),
         ),
         _ => return Stop::from(e),
     };

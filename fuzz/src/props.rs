@@ -452,7 +452,9 @@ fn mentions(req: &Request<'_>, needle: &[u8]) -> bool {
         | Request::Rmdir { path }
         | Request::Remove { path }
         | Request::PutStart { path, .. }
-        | Request::GetStart { path, .. } => has(path.as_bytes()),
+        | Request::GetStart { path, .. }
+        | Request::ListFrom { path, .. }
+        | Request::RemoveTree { path } => has(path.as_bytes()),
         Request::Rename { from, to } => has(from.as_bytes()) || has(to.as_bytes()),
         Request::Chunk(bytes) => has(bytes),
         Request::Hello { .. }

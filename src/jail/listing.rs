@@ -25,6 +25,13 @@ pub struct Listing {
     sent: u64,
     seen: u64,
     done: bool,
+    /// A page of a walk (`ListFrom`): stops after `max` entries instead of
+    /// counting the rest, and remembers where the next page starts.
+    page: bool,
+    /// The folder position after the last entry read.
+    position: u64,
+    /// The folder was read to its end.
+    at_end: bool,
 }
 
 impl Jail {
@@ -43,7 +50,29 @@ impl Jail {
             sent: 0,
             seen: 0,
             done: false,
+            page: false,
+            position: 0,
+            at_end: false,
         })
+    }
+
+    /// Opens one page of the folder `p` for a walk: at most `max` entries
+    /// from the folder position `from` (0, or a previous page's
+    /// [`Listing::next_page`]).
+    pub fn open_listing_page(&self, p: &VPath, max: usize, from: u64) -> Result<Listing, FsError> {
+        let mut listing = self.open_listing(p, max)?;
+        if from != 0 {
+            // The position is the kernel's own cookie (d_off), handed back
+            // unchanged: a bit-for-bit cast, and a bad one fails the seek
+            // or lists nothing, in this user's own folder only.
+            listing
+                .dir
+                .seek(from as i64)
+                .map_err(|e| FsError::from_errno(e, p))?;
+        }
+        listing.page = true;
+        listing.position = from;
+        Ok(listing)
     }
 
     /// The whole listing of `p` at once, sorted by name: at most `max`
@@ -69,12 +98,19 @@ impl Listing {
         let mut entries = Vec::new();
         let mut read = 0;
         while entries.len() < batch && read < COUNT_SLICE {
+            if self.page && self.sent >= self.max {
+                // A full page: the next one starts at `position`.
+                self.done = true;
+                break;
+            }
             let Some(item) = self.dir.read() else {
                 self.done = true;
+                self.at_end = true;
                 break;
             };
             read += 1;
             let item = item.map_err(err)?;
+            self.position = item.offset() as u64;
             let name = item.file_name();
             let bytes = name.to_bytes();
             if bytes == b"." || bytes == b".." || (self.at_root && bytes == PARTIAL_DIR.as_bytes())
@@ -108,6 +144,17 @@ impl Listing {
     /// Entries seen so far (all of them once finished).
     pub fn total(&self) -> u64 {
         self.seen
+    }
+
+    /// For a page: where the next page starts, `None` once the folder was
+    /// read to its end. Always `None` for a plain listing.
+    pub fn next_page(&self) -> Option<u64> {
+        (self.page && !self.at_end).then_some(self.position)
+    }
+
+    /// Whether this is a page of a walk (answered with `ListPage`).
+    pub fn is_page(&self) -> bool {
+        self.page
     }
 
     /// Whether entries were left out.

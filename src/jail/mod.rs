@@ -29,6 +29,7 @@ mod change;
 mod error;
 mod listing;
 mod partial;
+mod tree;
 mod vpath;
 
 #[cfg(test)]
@@ -50,6 +51,7 @@ pub use change::{Change, FileId, Gone};
 pub use error::FsError;
 pub use listing::Listing;
 pub use partial::{OpenedPartial, PublishError, Published};
+pub use tree::{Piece, TreeRemoval};
 pub use vpath::VPath;
 
 /// Name of the hidden folder in each home where unfinished uploads live;
@@ -306,9 +308,9 @@ impl Jail {
 
 /// `openat2(dir, rel, flags | O_CLOEXEC, mode, RESOLVE)`, retrying the
 /// transient failures.
-fn open_beneath(
+fn open_beneath<P: rustix::path::Arg + Copy>(
     dir: BorrowedFd<'_>,
-    rel: &str,
+    rel: P,
     flags: OFlags,
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {

@@ -1286,3 +1286,83 @@ mod accounting {
         }
     }
 }
+
+/// Runs a tree removal to its end in pieces of `budget`, adding each
+/// piece's change to `books` and checking them against a recount after
+/// every piece; returns how many pieces it took.
+fn remove_tree_in_pieces(fx: &Fixture, books: &mut Books, p: &str, budget: usize) -> usize {
+    let mut removal = fx.jail.start_tree_removal(&vp(p)).unwrap();
+    let mut pieces = 0;
+    loop {
+        let piece = removal.next_piece(&fx.jail, budget);
+        pieces += 1;
+        books.step(&format!("piece {pieces} of removing {p}"), piece.change);
+        if piece.result.unwrap() {
+            return pieces;
+        }
+    }
+}
+
+#[test]
+fn a_tree_is_removed_in_pieces_that_add_up_to_a_recount() {
+    let fx = Fixture::new();
+    let top = fx.home.join("t");
+    fs::create_dir_all(top.join("a/b/c")).unwrap();
+    fs::create_dir(top.join("empty")).unwrap();
+    for i in 0..300 {
+        fs::write(top.join("a").join(format!("f{i}")), vec![b'x'; i * 37]).unwrap();
+    }
+    fs::write(top.join("a/b/c/deep"), "deep").unwrap();
+    // Links inside are removed themselves, never followed.
+    symlink(&fx.outside, top.join("to_outside")).unwrap();
+    symlink(fx.outside.join("secret.txt"), top.join("a/b/secret")).unwrap();
+    fs::write(fx.home.join("kept.txt"), "kept").unwrap();
+    let mut books = Books::new(&fx.home);
+    let pieces = remove_tree_in_pieces(&fx, &mut books, "/t", 64);
+    assert!(pieces > 4, "{pieces} pieces");
+    assert!(!top.exists());
+    assert_eq!(names(&fx.home), ["kept.txt"]);
+    fx.assert_outside_untouched();
+}
+
+#[test]
+fn rm_r_of_a_file_or_link_removes_just_it_and_the_home_is_refused() {
+    let fx = Fixture::new();
+    fs::write(fx.home.join("f"), "x").unwrap();
+    symlink(&fx.outside, fx.home.join("l")).unwrap();
+    let mut books = Books::new(&fx.home);
+    assert_eq!(remove_tree_in_pieces(&fx, &mut books, "/f", 8), 1);
+    assert_eq!(remove_tree_in_pieces(&fx, &mut books, "/l", 8), 1);
+    assert!(names(&fx.home).is_empty());
+    let err = fx.jail.start_tree_removal(&vp("/")).err().unwrap();
+    assert_eq!(err.code, ErrorCode::PermissionDenied);
+    assert!(err.message.contains("whole home"), "{}", err.message);
+    fx.assert_outside_untouched();
+}
+
+#[test]
+fn pages_of_a_folder_yield_every_name_once() {
+    let fx = Fixture::new();
+    fs::create_dir(fx.home.join("big")).unwrap();
+    let all: HashSet<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+    for name in &all {
+        fs::write(fx.home.join("big").join(name), "").unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut from = 0;
+    let mut pages = 0;
+    loop {
+        let mut page = fx.jail.open_listing_page(&vp("/big"), 300, from).unwrap();
+        while !page.finished() {
+            seen.extend(page.next_batch(64).unwrap().into_iter().map(|e| e.name));
+        }
+        pages += 1;
+        match page.next_page() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), all);
+}

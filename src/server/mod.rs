@@ -209,7 +209,8 @@ impl Server {
                         {
                             conn.can_read |=
                                 event.is_readable() || event.is_read_closed() || event.is_error();
-                            conn.can_write |= event.is_writable() || event.is_write_closed();
+                            conn.can_write |=
+                                event.is_writable() || event.is_write_closed() || event.is_error();
                             let generation = conn.st.generation;
                             self.drive(key, generation);
                         }

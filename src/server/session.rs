@@ -19,7 +19,7 @@ use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
 use super::worker::{Job, Lane, Step, Worker};
 use crate::buf::Buffer;
-use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, VPath};
+use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, Piece, TreeRemoval, VPath};
 use crate::log;
 use crate::proto::{
     Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
@@ -332,6 +332,70 @@ pub enum JobResult {
     HomeOpened(String, std::io::Result<OpenedHome>),
     /// A file was closed off the reactor (a server job).
     Closed,
+    /// A piece of an `rm -r` is done: whose, in which home, the rest of
+    /// the work (unless it could not start), and what the piece did.
+    TreeRemoved {
+        user: String,
+        jail: Arc<Jail>,
+        removal: Option<Box<TreeRemoval>>,
+        piece: Piece,
+    },
+}
+
+/// Entries removed per piece of an `rm -r`: a few milliseconds of disk
+/// work under the home's tree lock, then the user's figures are updated and
+/// other jobs get their turn.
+const REMOVE_PIECE: usize = 256;
+
+/// Where an `rm -r` job stands.
+enum TreeWork {
+    /// Not started: the path to remove.
+    Start(VPath),
+    /// Under way.
+    Going(Box<TreeRemoval>),
+}
+
+/// The next piece of an `rm -r`, as a helper job.
+fn remove_tree_job(jail: Arc<Jail>, user: String, work: TreeWork) -> Job<JobResult> {
+    Box::new(move || {
+        let mut removal = match work {
+            TreeWork::Going(removal) => removal,
+            TreeWork::Start(p) => match jail.start_tree_removal(&p) {
+                Ok(removal) => Box::new(removal),
+                Err(e) => {
+                    let piece = Piece {
+                        change: Change::default(),
+                        gone: Vec::new(),
+                        result: Err(e),
+                    };
+                    return Step::Done(JobResult::TreeRemoved {
+                        user,
+                        jail,
+                        removal: None,
+                        piece,
+                    });
+                }
+            },
+        };
+        let piece = removal.next_piece(&jail, REMOVE_PIECE);
+        Step::Done(JobResult::TreeRemoved {
+            user,
+            jail,
+            removal: Some(removal),
+            piece,
+        })
+    })
+}
+
+/// Applies what a piece of an `rm -r` removed to the user's figures; a
+/// file still being downloaded stays charged until its download ends.
+fn settle_piece(ctx: &mut Ctx, user: &str, piece: &Piece) {
+    ctx.accounts.apply(user, piece.change);
+    for gone in &piece.gone {
+        let mut change = Change::new(0, 0);
+        change.gone = Some(*gone);
+        ctx.accounts.apply(user, change);
+    }
 }
 
 /// Reserved while a folder is created: its first block, and one for the
@@ -494,6 +558,8 @@ fn request_name(req: &Request) -> &'static str {
         Request::PutEnd { .. } => "PutEnd",
         Request::GetStart { .. } => "GetStart",
         Request::Bye => "Bye",
+        Request::ListFrom { .. } => "ListFrom",
+        Request::RemoveTree { .. } => "RemoveTree",
     }
 }
 
@@ -708,6 +774,23 @@ fn command(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, req: Request) -> Phas
             })
         }
         Request::Quota => Ok(Some(Reply::Quota(ctx.accounts.quota_info(&login.user)))),
+        Request::RemoveTree { path } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            let job = remove_tree_job(jail, login.user.clone(), TreeWork::Start(p));
+            ctx.worker
+                .submit(Lane::Sync, &login.user, key, generation, job);
+            None
+        }),
+        Request::ListFrom { path, from } => resolve(login, &path).map(|p| {
+            let jail = Arc::clone(&login.jail);
+            let job = move || match jail.open_listing_page(&p, MAX_LIST_ENTRIES, from) {
+                Ok(listing) => list_next(Box::new(listing))(),
+                Err(e) => Step::Done(JobResult::Listed(Err(e))),
+            };
+            ctx.worker
+                .submit(Lane::Read, &login.user, key, generation, Box::new(job));
+            None
+        }),
         Request::List { path } => resolve(login, &path).map(|p| {
             let jail = Arc::clone(&login.jail);
             let job = move || match jail.open_listing(&p, MAX_LIST_ENTRIES) {
@@ -805,9 +888,15 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
                 ctx.send(tx, &Reply::Entries(batch));
             }
             if listing.finished() {
-                let end = Reply::ListEnd {
-                    total: listing.total(),
-                    truncated: listing.truncated(),
+                let end = if listing.is_page() {
+                    Reply::ListPage {
+                        next: listing.next_page(),
+                    }
+                } else {
+                    Reply::ListEnd {
+                        total: listing.total(),
+                        truncated: listing.truncated(),
+                    }
                 };
                 ctx.send(tx, &end);
                 Phase::Ready
@@ -840,6 +929,37 @@ pub fn job_done(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, result: JobResul
         }
         JobResult::Published(up, outcome) => transfer::published(st, tx, ctx, up, outcome),
         JobResult::DownloadPrefix(down, crc) => transfer::begin_download(st, tx, ctx, down, crc),
+        JobResult::TreeRemoved {
+            user,
+            jail,
+            removal,
+            piece,
+        } => {
+            settle_piece(ctx, &user, &piece);
+            match (piece.result, removal) {
+                (Ok(false), Some(removal)) => {
+                    // Progress, at most one waiting: a client that does not
+                    // read holds one small frame, not one per piece.
+                    if tx.is_empty() {
+                        let entries = removal.removed();
+                        ctx.send(tx, &Reply::Removing { entries });
+                    }
+                    let owner = user.clone();
+                    let job = remove_tree_job(jail, user, TreeWork::Going(removal));
+                    ctx.worker
+                        .submit(Lane::Sync, &owner, st.key, st.generation, job);
+                    Phase::Waiting
+                }
+                (Ok(_), _) => {
+                    ctx.send(tx, &Reply::Ok);
+                    Phase::Ready
+                }
+                (Err(e), _) => {
+                    ctx.send_error(tx, e.code, &e.message);
+                    Phase::Ready
+                }
+            }
+        }
         other => {
             orphaned(ctx, other);
             Phase::Waiting
@@ -895,6 +1015,8 @@ pub fn orphaned(ctx: &mut Ctx, result: JobResult) {
             )
         }
         JobResult::HomeOpened(user, opened) => ctx.accounts.opened(&user, opened),
+        // The session is gone: count what was removed, stop there.
+        JobResult::TreeRemoved { user, piece, .. } => settle_piece(ctx, &user, &piece),
     }
 }
 

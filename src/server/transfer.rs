@@ -124,6 +124,19 @@ const HASH_SLICE: u64 = 32 * 1024 * 1024;
 /// Bytes read per call while hashing.
 const HASH_PIECE: usize = 1024 * 1024;
 
+/// A download's prefix up to this size is hashed on the reactor: it is one
+/// chunk's read, as `pump_download` does for every chunk, and far cheaper
+/// than a helper thread's round trip. It makes a tree's rerun (`get -r`
+/// offering each small file whole) cost no thread hop per file.
+const INLINE_HASH: u64 = CHUNK_SIZE as u64;
+
+/// The CRC32 of `file[..len]`, read now; for `len <= INLINE_HASH` only.
+fn hash_now(file: &File, len: u64) -> io::Result<u32> {
+    let mut buf = vec![0u8; usize::try_from(len.min(INLINE_HASH)).unwrap_or(0)];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(crc32fast::hash(&buf))
+}
+
 /// Hashes `file[pos..len]` in slices (on a helper thread), then hands the
 /// CRC32 of `file[..len]` to `finish`.
 fn hash_prefix<X: Send + 'static>(
@@ -847,6 +860,10 @@ pub fn get_start(
     });
     if offset == 0 || offset > size {
         return begin_download(st, tx, ctx, down, Ok(0));
+    }
+    if offset <= INLINE_HASH {
+        let crc = hash_now(&down.file, offset);
+        return begin_download(st, tx, ctx, down, crc);
     }
     let job = hash_prefix(
         down,

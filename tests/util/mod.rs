@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -290,35 +293,54 @@ impl TestServer {
 
     /// The `ftpc` command, to adjust before running.
     pub fn ftpc_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(FTPC);
-        cmd.args([
-            "--server",
-            &self.addr.to_string(),
-            "--user",
-            user,
-            "--quiet",
-        ])
-        .args(self.trust_args())
+        let trust = self.trust_args();
+        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+        ftpc_base(self.addr, &trust, user, password, true, args)
+    }
+
+    /// The `ftpc` command without `--quiet`, so it prints its summary lines
+    /// (and, on a terminal, its notes and progress bar): also what a
+    /// pseudo-terminal spawner runs (`rexpect::session::spawn_command`).
+    pub fn ftpc_cmd_loud(&self, user: &str, password: &str, args: &[&str]) -> Command {
+        let trust = self.trust_args();
+        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+        ftpc_base(self.addr, &trust, user, password, false, args)
+    }
+}
+
+/// `ftpc --server ADDR --user USER --quiet TRUST... ARGS...` for any server
+/// (a relay, a fake), with the password in the environment. `trust` says
+/// how ftpc trusts it: [`TRUST_FIRST_CONTACT`] through a relay to a TLS
+/// server, `--plaintext` for a fake that speaks in clear.
+pub fn ftpc_cmd_to(
+    addr: SocketAddr,
+    trust: &[&str],
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Command {
+    ftpc_base(addr, trust, user, password, true, args)
+}
+
+fn ftpc_base(
+    addr: SocketAddr,
+    trust: &[&str],
+    user: &str,
+    password: &str,
+    quiet: bool,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(FTPC);
+    cmd.args(["--server", &addr.to_string(), "--user", user])
+        .args(if quiet { &["--quiet"][..] } else { &[][..] })
+        .args(trust)
         .args(args)
         .env("FTPC_PASSWORD", password);
-        clean_client_env(&mut cmd);
-        cmd
-    }
+    clean_client_env(&mut cmd);
+    cmd
+}
 
-    /// The `ftpc` command as a person at a terminal runs it (no `--quiet`:
-    /// notes and the progress bar show), for a pseudo-terminal spawner
-    /// such as `rexpect::session::spawn_command`; set the environment
-    /// (HOME, TERM, ...) on it before spawning.
-    pub fn ftpc_tty_cmd(&self, user: &str, password: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(FTPC);
-        cmd.args(["--server", &self.addr.to_string(), "--user", user])
-            .args(self.trust_args())
-            .args(args)
-            .env("FTPC_PASSWORD", password);
-        clean_client_env(&mut cmd);
-        cmd
-    }
-
+impl TestServer {
     /// Runs ftpc and asserts success; returns stdout.
     pub fn ok(&self, user: &str, password: &str, args: &[&str]) -> String {
         let out = self.ftpc(user, password, args);
@@ -684,6 +706,8 @@ pub fn own(reply: Reply) -> Reply<'static> {
         Reply::PutDone { size, crc32 } => Reply::PutDone { size, crc32 },
         Reply::GetReady { size, offset } => Reply::GetReady { size, offset },
         Reply::GetDone { crc32 } => Reply::GetDone { crc32 },
+        Reply::ListPage { next } => Reply::ListPage { next },
+        Reply::Removing { entries } => Reply::Removing { entries },
     }
 }
 
