@@ -299,7 +299,11 @@ fn ls(conn: &mut Conn, path: &str, options: &display::ListOptions) -> anyhow::Re
             .filter_map(|(_, entry)| entry)
             .collect();
         display::sort_entries(&mut entries, options);
-        return print_lines(display::listing_lines(&entries, options.human));
+        return print_lines(display::listing_lines(
+            &entries,
+            options.human,
+            &display::Look::current(),
+        ));
     }
     let mut entries = Vec::new();
     conn.send(&Request::List { path: path.into() })?;
@@ -331,7 +335,11 @@ fn ls(conn: &mut Conn, path: &str, options: &display::ListOptions) -> anyhow::Re
         }
     };
     display::sort_entries(&mut entries, options);
-    print_lines(display::listing_lines(&entries, options.human))?;
+    print_lines(display::listing_lines(
+        &entries,
+        options.human,
+        &display::Look::current(),
+    ))?;
     if truncated {
         eprintln!(
             "(the server truncated this listing: {} of {total} entries shown)",
@@ -376,7 +384,7 @@ pub fn cd(conn: &mut Conn, path: &str) -> Result<String, Failure> {
 }
 
 /// Writes lines to stdout in one go.
-fn print_lines<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> anyhow::Result<()> {
+pub fn print_lines<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in lines {
         writeln!(out, "{}", line.as_ref()).context("writing to stdout")?;

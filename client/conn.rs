@@ -368,16 +368,21 @@ impl Conn {
         }
         loop {
             // Only fails for a zero duration, which `left` never is.
-            let _ = self.stream.tcp().set_read_timeout(Some(pace.left()?));
+            // In short slices, so a Ctrl-C in the shell is seen while we
+            // wait (the signal may land on another thread, such as the
+            // progress bar's, and interrupt nothing here).
+            let slice = pace.left()?.min(crate::cancel::POLL);
+            let _ = self.stream.tcp().set_read_timeout(Some(slice));
             match self.stream.read(&mut self.rx[self.end..]) {
                 Ok(0) => return Err(Failure::Link("the server closed the connection".into())),
                 Ok(n) => {
                     self.end += n;
                     return Ok(());
                 }
-                // A signal arrived, or the socket's time-out ran out; `left`
-                // says whether the deadline has passed.
-                Err(e) if is_retry(&e) => continue,
+                // A signal arrived, or the slice ran out: Ctrl-C in the
+                // shell ends the wait, and `left` says whether the
+                // deadline has passed.
+                Err(e) if is_retry(&e) => crate::cancel::check()?,
                 Err(e) => return Err(lost(&e, "waiting for the server")),
             }
         }
@@ -419,7 +424,8 @@ fn write_paced(stream: &mut Transport, bytes: &[u8], pace: &mut Pace) -> Result<
     let mut rest = bytes;
     while !rest.is_empty() {
         // Only fails for a zero duration, which `left` never is.
-        let _ = stream.tcp().set_write_timeout(Some(pace.left()?));
+        let slice = pace.left()?.min(crate::cancel::POLL);
+        let _ = stream.tcp().set_write_timeout(Some(slice));
         match stream.write(rest) {
             Ok(0) => {
                 let e = std::io::Error::from(ErrorKind::WriteZero);
@@ -429,8 +435,9 @@ fn write_paced(stream: &mut Transport, bytes: &[u8], pace: &mut Pace) -> Result<
                 rest = &rest[n..];
                 pace.advance(n as u64);
             }
-            // As in `fill`: `left` decides whether time is up.
-            Err(e) if is_retry(&e) => continue,
+            // As in `fill`: a cancel ends the wait, `left` decides whether
+            // time is up.
+            Err(e) if is_retry(&e) => crate::cancel::check()?,
             Err(e) => return Err(lost(&e, "sending to the server")),
         }
     }

@@ -2,10 +2,15 @@
 //!
 //! Names come from the server (and from whoever uploaded them), so a name
 //! could carry terminal escape sequences or line breaks; everything printed
-//! goes through [`sanitize`] first. Times are shown in UTC, as the client has
-//! no time-zone database.
+//! goes through [`sanitize`] first. Times are shown in the zone chosen in
+//! `clock.rs`; folders (and links, and special files) are coloured when
+//! stdout is a terminal that wants colour (see [`Look::current`]).
 
 use std::borrow::Cow;
+use std::io::IsTerminal;
+
+use anstyle::{AnsiColor, Style};
+use jiff::tz::TimeZone;
 
 use ftpd::proto::{Entry, EntryKind, QuotaInfo};
 use ftpd::size::format_size;
@@ -109,9 +114,61 @@ pub fn human_size(bytes: u64) -> String {
     unreachable!("every u64 fits in exbibytes")
 }
 
+/// How a listing looks where it is printed: the time zone and clock for
+/// the time column, and whether names are coloured.
+pub struct Look {
+    pub zone: TimeZone,
+    /// Seconds since the epoch, for `ls`'s "recent" rule.
+    pub now: i64,
+    pub colour: bool,
+}
+
+impl Look {
+    /// For stdout now: the zone from `clock.rs`, colour only on a terminal
+    /// that is not `TERM=dumb`, and never with `NO_COLOR` set (no-color.org:
+    /// any non-empty value).
+    pub fn current() -> Look {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        Look {
+            zone: crate::clock::zone(),
+            now: crate::clock::now(),
+            colour: std::io::stdout().is_terminal() && !no_color && !dumb,
+        }
+    }
+
+    /// `ls`'s time column; a time beyond what a calendar can show (only a
+    /// broken server sends one) is shown as the old UTC date instead.
+    fn time(&self, secs: i64) -> String {
+        crate::clock::ls_time(secs, self.now, &self.zone)
+            .unwrap_or_else(|| format_time(secs, false))
+    }
+
+    /// The name, sanitized, in the colour of its kind (as `ls --color`).
+    fn name(&self, e: &Entry) -> String {
+        let name = sanitize(&e.name);
+        let style = match e.kind {
+            EntryKind::Dir => AnsiColor::Blue.on_default().bold(),
+            EntryKind::Symlink => AnsiColor::Cyan.on_default().bold(),
+            EntryKind::Other => AnsiColor::Yellow.on_default(),
+            EntryKind::File => Style::new(),
+        };
+        if self.colour && style != Style::new() {
+            format!("{style}{name}{style:#}")
+        } else {
+            name.into_owned()
+        }
+    }
+}
+
 /// Formats a listing, one line per entry: type, size (in bytes, or for
-/// people with `human`), time, name; sizes are right-aligned.
-pub fn listing_lines(entries: &[Entry], human: bool) -> impl Iterator<Item = String> + '_ {
+/// people with `human`), time as `ls -l` shows it, name; sizes are
+/// right-aligned. The type column's `d` marks folders.
+pub fn listing_lines<'a>(
+    entries: &'a [Entry],
+    human: bool,
+    look: &'a Look,
+) -> impl Iterator<Item = String> + 'a {
     let size = move |e: &Entry| {
         if human {
             human_size(e.size)
@@ -125,8 +182,8 @@ pub fn listing_lines(entries: &[Entry], human: bool) -> impl Iterator<Item = Str
             "{} {:>width$} {} {}",
             kind_char(e.kind),
             size(e),
-            format_time(e.mtime, false),
-            sanitize(&e.name)
+            look.time(e.mtime),
+            look.name(e)
         )
     })
 }
@@ -134,12 +191,13 @@ pub fn listing_lines(entries: &[Entry], human: bool) -> impl Iterator<Item = Str
 /// Formats the answer to `stat`.
 pub fn stat_text(e: &Entry) -> String {
     format!(
-        "name:     {}\ntype:     {}\nsize:     {} bytes ({})\nmodified: {} UTC",
+        "name:     {}\ntype:     {}\nsize:     {} bytes ({})\nmodified: {}",
         sanitize(&e.name),
         kind_word(e.kind),
         e.size,
         format_size(e.size),
-        format_time(e.mtime, true),
+        crate::clock::full_time(e.mtime, &crate::clock::zone())
+            .unwrap_or_else(|| format!("{} UTC", format_time(e.mtime, true))),
     )
 }
 
@@ -242,13 +300,28 @@ mod tests {
                 mtime: 0,
             },
         ];
-        let lines: Vec<_> = listing_lines(&entries, false).collect();
+        let mut look = Look {
+            zone: TimeZone::UTC,
+            now: 1_795_992_727,
+            colour: false,
+        };
+        let lines: Vec<_> = listing_lines(&entries, false, &look).collect();
         assert_eq!(
             lines,
             [
-                "d 4096 2026-11-29 22:52 docs",
-                "-    7 1970-01-01 00:00 a?b",
-                "l   12 1970-01-01 00:00 link",
+                "d 4096 Nov 29 22:52 docs",
+                "-    7 Jan  1  1970 a?b",
+                "l   12 Jan  1  1970 link",
+            ]
+        );
+        look.colour = true;
+        let lines: Vec<_> = listing_lines(&entries, false, &look).collect();
+        assert_eq!(
+            lines,
+            [
+                "d 4096 Nov 29 22:52 \x1b[1m\x1b[34mdocs\x1b[0m",
+                "-    7 Jan  1  1970 a?b",
+                "l   12 Jan  1  1970 \x1b[1m\x1b[36mlink\x1b[0m",
             ]
         );
     }

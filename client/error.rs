@@ -62,6 +62,10 @@ pub enum Failure {
     /// `ftpc`'s own side failed outside any file (no randomness, ...).
     #[error("{0}")]
     Local(String),
+    /// Ctrl-C in the shell cancelled a transfer (see `cancel.rs`); the
+    /// session is dropped and the shell logs in again.
+    #[error("cancelled")]
+    Cancelled,
     /// Some files of a tree job failed; `code` is the most serious
     /// failure's (see `tree_report::SEVERITY`). The files were listed.
     #[error("{failed} {} failed", if *failed == 1 { "file" } else { "files" })]
@@ -102,7 +106,7 @@ impl Failure {
             Failure::Login(_) => exit::LOGIN,
             Failure::Refused { code, .. } => code_exit(*code),
             Failure::Integrity(_) => exit::INTEGRITY,
-            Failure::Local(_) => exit::OTHER,
+            Failure::Local(_) | Failure::Cancelled => exit::OTHER,
             Failure::Trust(_) | Failure::UnknownKey { .. } => exit::TRUST,
             Failure::Script { code, .. } | Failure::Tree { code, .. } => *code,
         }

@@ -1,7 +1,8 @@
 //! `ftpc`: the command-line client of `ftpd`.
 //!
 //! ```text
-//! ftpc [--server HOST:PORT] [--user NAME] [--password-file FILE] [--quiet] [--timeout S] COMMAND ...
+//! ftpc [--server HOST:PORT] [--user NAME] [--password-file FILE] [--quiet] [--timeout S]
+//!      [--utc] [--limit-rate RATE] COMMAND ...
 //! ```
 //!
 //! The password comes from `FTPC_PASSWORD`, else the first line of
@@ -26,6 +27,8 @@
 //! shell goes on; it exits with the code of the last failing line, or at once
 //! with 3 when the session is lost.
 
+mod cancel;
+mod clock;
 mod commands;
 mod conn;
 mod display;
@@ -35,6 +38,7 @@ mod listing;
 mod local_dir;
 mod pace;
 mod progress;
+mod rate;
 mod shell;
 mod transfer;
 mod transport;
@@ -52,6 +56,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::commands::Command;
+use crate::conn::Conn;
 use crate::error::Failure;
 
 /// Client for the ftpd file-transfer server.
@@ -80,6 +85,13 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
+    /// Show times in UTC instead of the local time zone (TZ).
+    #[arg(long)]
+    utc: bool,
+    /// Limit put and get to RATE bytes per second (500K, 10M: units as for
+    /// quotas, binary).
+    #[arg(long, value_name = "RATE", value_parser = rate::parse_rate)]
+    limit_rate: Option<u64>,
     #[command(flatten)]
     trust: trust::TrustArgs,
     #[command(subcommand)]
@@ -108,6 +120,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    clock::init(cli.utc);
+    if let Some(rate) = cli.limit_rate {
+        rate::set_limit(rate);
+    }
     let command = match cli.command {
         Some(command) => command,
         None if std::io::stdin().is_terminal() => TopCommand::Shell,
@@ -132,14 +148,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| Failure::Usage("no user name: use --user NAME or set FTPC_USER".into()))?;
     let password = password(user, &cli.server, cli.password_file.as_deref())?;
-    let mut conn = trust::connect(&cli.server, timeout, &cli.trust)?;
-    if let Some(note) = conn.login(user, password.as_bytes())? {
-        progress::note(cli.quiet, &note);
-    }
-    drop(password);
+    let (server, trust, quiet) = (&cli.server, &cli.trust, cli.quiet);
+    let open = move || -> Result<Conn, Failure> {
+        let mut conn = trust::connect(server, timeout, trust)?;
+        if let Some(note) = conn.login(user, password.as_bytes())? {
+            progress::note(quiet, &note);
+        }
+        Ok(conn)
+    };
+    let mut conn = open()?;
     match command {
-        TopCommand::Shell => shell::run(conn, user, &cli.server, cli.quiet),
+        // The shell keeps `open` (and so the password, in this process's
+        // memory only) to log in again after Ctrl-C cancels a transfer.
+        TopCommand::Shell => shell::run(conn, Box::new(open), user, &cli.server, cli.quiet),
         TopCommand::Session(cmd) => {
+            drop(open);
             commands::run(&mut conn, &cmd, cli.quiet)?;
             conn.bye();
             Ok(())

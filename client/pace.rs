@@ -92,6 +92,12 @@ impl Pace {
         }
     }
 
+    /// Moves the deadline on by `d` that ftpc spent on purpose, not
+    /// waiting for the server (sleeping for `--limit-rate`).
+    pub fn pause(&mut self, d: Duration) {
+        self.since += d;
+    }
+
     /// The time left, or the time-out failure once there is none.
     pub fn left(&self) -> Result<Duration, Failure> {
         let left = self.timeout.saturating_sub(self.since.elapsed());

@@ -21,6 +21,7 @@ use crate::conn::Conn;
 use crate::error::Failure;
 use crate::pace::Awaiting;
 use crate::progress::{Direction, Progress, note};
+use crate::rate::Throttle;
 
 /// postcard's variant index of [`Request::Chunk`], for [`chunk_header`]
 /// (checked against postcard by a test below).
@@ -284,12 +285,18 @@ fn send_chunks(
     let mut pos = start;
     let mut writes = 0u64;
     let mut pace = conn.pace(Awaiting::Upload);
+    let mut throttle = Throttle::new();
+    // Under --limit-rate: small chunks, one per write, for a steady rate.
+    let (chunk, batch) = match throttle.chunk(CHUNK_SIZE) {
+        Some(chunk) => (chunk, CHUNK_HEADER_MAX + chunk),
+        None => (CHUNK_SIZE, buf.len()),
+    };
     while pos < size {
         let mut used = 0;
         let batch_start = pos;
-        while pos < size && used + CHUNK_HEADER_MAX + CHUNK_SIZE <= buf.len() {
+        while pos < size && used + CHUNK_HEADER_MAX + chunk <= batch {
             // Bounded by CHUNK_SIZE, so it fits in usize.
-            let n = (size - pos).min(CHUNK_SIZE as u64) as usize;
+            let n = (size - pos).min(chunk as u64) as usize;
             let mut header = [0; CHUNK_HEADER_MAX];
             let h = chunk_header(REQUEST_CHUNK_TAG, n, &mut header);
             buf[used..used + h].copy_from_slice(&header[..h]);
@@ -308,6 +315,8 @@ fn send_chunks(
         }
         conn.send_paced(&buf[..used], &mut pace)?;
         sent(pos - batch_start);
+        // Ctrl-C in the shell, and --limit-rate, act between writes.
+        throttle.pay(pos - batch_start, &mut pace)?;
         writes += 1;
         if writes.is_multiple_of(WRITES_PER_CHECK) && conn.reply_waiting() {
             return Ok(Sent::Stopped);
@@ -444,6 +453,7 @@ pub fn receive_chunks(
     let mut got = 0u64;
     let mut write_error = None;
     let mut pace = conn.pace(Awaiting::Download);
+    let mut throttle = Throttle::new();
     let their_crc = loop {
         match conn.recv_paced(&pace)? {
             Reply::Chunk(data) => {
@@ -460,8 +470,11 @@ pub fn receive_chunks(
                 }
                 hasher.update(data);
                 got += data.len() as u64;
-                pace.advance(data.len() as u64);
-                progress(data.len() as u64);
+                let n = data.len() as u64;
+                pace.advance(n);
+                progress(n);
+                // Ctrl-C in the shell, and --limit-rate, act between chunks.
+                throttle.pay(n, &mut pace)?;
             }
             Reply::GetDone { crc32 } => break crc32,
             other => return Err(Failure::unexpected("Chunk or GetDone", &other).into()),

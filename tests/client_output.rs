@@ -1,4 +1,5 @@
-//! `ftpc ls` output: `-h` human sizes, `-t`/`-S` orders and `-r`.
+//! `ftpc ls` output: `-h` human sizes, `-t`/`-S` orders and `-r`, times in
+//! the local zone or UTC; `--limit-rate`.
 
 use std::fs::File;
 use std::time::{Duration, SystemTime};
@@ -61,4 +62,96 @@ fn ls_orders_by_name_time_or_size_and_reverses() {
     assert_eq!(sizes, ["69K", "3.0K", "10"], "{human}");
     // Without -h the sizes stay in bytes.
     assert!(ls(&[]).contains(" 70000 "));
+}
+
+/// `ls` and `stat` show times in the zone of `TZ` by default, in UTC with
+/// `--utc`, in `ls -l`'s format (the year for old files, the time of day
+/// for recent ones).
+#[test]
+fn times_are_local_unless_utc() {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // 2023-11-14 22:13:20 UTC is 2023-11-15 03:43:20 in Kolkata.
+    let (_data, server) = site(&[("old.txt", 5, 1_700_000_000), ("new.txt", 5, now - 3600)]);
+    let run = |tz: &str, args: &[&str]| {
+        let out = server
+            .ftpc_cmd("alice", PW, args)
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        util::assert_success(&out, &format!("TZ={tz} ftpc {}", args.join(" ")));
+        util::stdout(&out)
+    };
+    let line = |listing: &str, name: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {listing}"))
+            .to_owned()
+    };
+    let kolkata = run("Asia/Kolkata", &["ls"]);
+    assert_eq!(line(&kolkata, "old.txt"), "- 5 Nov 15  2023 old.txt");
+    let utc = run("Asia/Kolkata", &["--utc", "ls"]);
+    assert_eq!(line(&utc, "old.txt"), "- 5 Nov 14  2023 old.txt");
+    // A recent file shows the time of day, 5:30 apart between the two.
+    let recent = |tz: jiff::tz::TimeZone| {
+        let t = jiff::Timestamp::from_second((now - 3600) as i64)
+            .unwrap()
+            .to_zoned_datetime(tz);
+        format!("- 5 {} new.txt", t.strftime("%b %e %H:%M"))
+    };
+    let ist = jiff::tz::TimeZone::get("Asia/Kolkata").unwrap();
+    assert_eq!(line(&kolkata, "new.txt"), recent(ist));
+    assert_eq!(line(&utc, "new.txt"), recent(jiff::tz::TimeZone::UTC));
+    assert_ne!(line(&kolkata, "new.txt"), line(&utc, "new.txt"));
+    // TZ=UTC is the same as --utc.
+    assert_eq!(run("UTC", &["ls"]), utc);
+
+    let stat = run("Asia/Kolkata", &["stat", "old.txt"]);
+    assert!(
+        stat.ends_with("modified: 2023-11-15 03:43:20 IST\n"),
+        "{stat}"
+    );
+    let stat = run("Asia/Kolkata", &["--utc", "stat", "old.txt"]);
+    assert!(
+        stat.ends_with("modified: 2023-11-14 22:13:20 UTC\n"),
+        "{stat}"
+    );
+}
+
+/// `--limit-rate` bounds the average rate of put and get: 2 MiB at 1 MiB/s
+/// cannot take less than about two seconds (the bucket lets a tenth of a
+/// second through as a burst), however fast the link.
+#[test]
+fn limit_rate_bounds_the_average_rate_of_put_and_get() {
+    let (_data, server) = site(&[]);
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("two.bin");
+    util::make_file(&file, 2 << 20, 3);
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        server.ok("alice", PW, args);
+        started.elapsed()
+    };
+    let file_arg = file.to_str().unwrap();
+    let took = timed(&["--limit-rate", "1M", "put", file_arg, "two.bin"]);
+    assert!(took >= Duration::from_millis(1500), "put took {took:?}");
+    let back = local.path().join("back.bin");
+    let took = timed(&[
+        "--limit-rate",
+        "1M",
+        "get",
+        "two.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(took >= Duration::from_millis(1500), "get took {took:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+
+    // A bad rate is a usage error.
+    let out = server.ftpc("alice", PW, &["--limit-rate", "0", "ls"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::stderr(&out));
+    let out = server.ftpc("alice", PW, &["--limit-rate", "fast", "ls"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::stderr(&out));
 }

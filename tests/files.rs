@@ -361,7 +361,7 @@ fn mkfifo(path: &Path) {
     .expect("mkfifo");
 }
 
-/// One `ls` line split into (type letter, size, "date time", name).
+/// One `ls` line split into (type letter, size, "month day time-or-year", name).
 fn ls_fields(line: &str) -> (char, u64, String, String) {
     let mut rest = line;
     let mut field = || {
@@ -373,9 +373,14 @@ fn ls_fields(line: &str) -> (char, u64, String, String) {
     };
     let kind = field().chars().next().expect("type letter");
     let size = field().parse().expect("size");
-    let date = field();
-    let time = field();
-    (kind, size, format!("{date} {time}"), rest[1..].to_owned())
+    // `ls -l`'s time: month, day, and the time of day or the year.
+    let (month, day, time) = (field(), field(), field());
+    (
+        kind,
+        size,
+        format!("{month} {day} {time}"),
+        rest[1..].to_owned(),
+    )
 }
 
 /// The `ls` lines of a listing, by name.
@@ -1264,21 +1269,25 @@ fn directory_commands_work_and_answer_in_user_terms() {
         set_mtime(&home.join(p), MTIME);
     }
 
-    // ls: type, size, time (UTC), name; sorted by name (bytes: B < a).
+    // ls: type, size, time (as `ls -l`: the year for a file this old; UTC
+    // with --utc), name; sorted by name (bytes: B < a).
     assert_eq!(
-        site.ok("alice", &["ls", "docs"]),
-        "- 1234 2023-11-14 22:13 B.txt\n\
-         -    5 2023-11-14 22:13 a.txt\n\
-         d    0 2023-11-14 22:13 sub\n\
-         -    4 2023-11-14 22:13 zz.txt\n"
-    );
-    assert_eq!(site.ok("alice", &["ls"]), "d 0 2023-11-14 22:13 docs\n");
-    assert_eq!(
-        site.ok("alice", &["ls", "/docs/a.txt"]),
-        "- 5 2023-11-14 22:13 a.txt\n"
+        site.ok("alice", &["--utc", "ls", "docs"]),
+        "- 1234 Nov 14  2023 B.txt\n\
+         -    5 Nov 14  2023 a.txt\n\
+         d    0 Nov 14  2023 sub\n\
+         -    4 Nov 14  2023 zz.txt\n"
     );
     assert_eq!(
-        site.ok("alice", &["stat", "docs/a.txt"]),
+        site.ok("alice", &["--utc", "ls"]),
+        "d 0 Nov 14  2023 docs\n"
+    );
+    assert_eq!(
+        site.ok("alice", &["--utc", "ls", "/docs/a.txt"]),
+        "- 5 Nov 14  2023 a.txt\n"
+    );
+    assert_eq!(
+        site.ok("alice", &["--utc", "stat", "docs/a.txt"]),
         "name:     a.txt\ntype:     file\nsize:     5 bytes (5 B)\n\
          modified: 2023-11-14 22:13:20 UTC\n"
     );

@@ -19,6 +19,7 @@ mod protocol;
 mod quota;
 mod races;
 mod server_ops;
+mod shell_tty;
 mod tls;
 mod transfer;
 mod tree_get;

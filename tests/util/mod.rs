@@ -298,7 +298,9 @@ impl TestServer {
         ftpc_base(self.addr, &trust, user, password, true, args)
     }
 
-    /// The `ftpc` command without `--quiet`, so it prints its summary lines.
+    /// The `ftpc` command without `--quiet`, so it prints its summary lines
+    /// (and, on a terminal, its notes and progress bar): also what a
+    /// pseudo-terminal spawner runs (`rexpect::session::spawn_command`).
     pub fn ftpc_cmd_loud(&self, user: &str, password: &str, args: &[&str]) -> Command {
         let trust = self.trust_args();
         let trust: Vec<&str> = trust.iter().map(String::as_str).collect();

@@ -1,19 +1,12 @@
-//! The shell: one login, then commands line by line, with a prompt and
-//! history on a terminal, or read plainly from stdin for scripts.
-//!
-//! A failing command is reported and the shell goes on; only a lost session
-//! ends it. A script's exit code is that of its last failing command.
+//! A shell line: split into words as a shell would, then parsed by clap
+//! into a command.
 
-use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use rustyline::DefaultEditor;
-use rustyline::error::ReadlineError;
 
-use crate::commands::{self, Command};
-use crate::conn::Conn;
-use crate::display::sanitize;
-use crate::error::{Failure, exit_code};
+use crate::commands::Command;
+use crate::display::ListOptions;
 
 /// One shell line, parsed by clap like a command line.
 #[derive(Debug, Parser)]
@@ -23,140 +16,58 @@ use crate::error::{Failure, exit_code};
     disable_version_flag = true,
     help_template = "{subcommands}"
 )]
-struct Line {
+pub struct Line {
     #[command(subcommand)]
-    command: ShellCommand,
+    pub command: ShellCommand,
 }
 
+/// The commands of the shell: those of a session, plus the ones that only
+/// make sense in a shell (the remote and local folders, leaving).
 #[derive(Debug, Subcommand)]
-enum ShellCommand {
+pub enum ShellCommand {
     #[command(flatten)]
     Session(Command),
     /// Change the remote directory.
     Cd { path: String },
-    /// Leave the shell.
+    /// Change the local directory (where put and get look; default: home).
+    Lcd { path: Option<PathBuf> },
+    /// Show the local directory.
+    Lpwd,
+    /// List a local directory (default: the local one), like ls.
+    #[command(disable_help_flag = true)]
+    Lls {
+        path: Option<PathBuf>,
+        #[command(flatten)]
+        order: ListOptions,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
+    /// Create a local directory.
+    Lmkdir { path: PathBuf },
+    /// Leave the shell (Ctrl-D too).
     #[command(alias = "quit")]
     Exit,
 }
 
-/// Where lines come from.
-enum Input {
-    /// A terminal: prompt, line editing, history.
-    Editor(Box<DefaultEditor>),
-    /// A pipe or file: plain lines, no prompt.
-    Plain(std::io::StdinLock<'static>),
-}
-
-impl Input {
-    /// The next line, or `None` at the end.
-    fn next(&mut self, prompt: &str) -> Option<anyhow::Result<String>> {
-        match self {
-            Input::Editor(editor) => match editor.readline(prompt) {
-                Ok(line) => {
-                    if !line.trim().is_empty() {
-                        // Failing to record history is harmless.
-                        let _ = editor.add_history_entry(line.as_str());
-                    }
-                    Some(Ok(line))
-                }
-                // Ctrl-C abandons the line, as in other shells.
-                Err(ReadlineError::Interrupted) => Some(Ok(String::new())),
-                Err(ReadlineError::Eof) => None,
-                Err(e) => Some(Err(e.into())),
-            },
-            Input::Plain(stdin) => {
-                let mut bytes = Vec::new();
-                match stdin.read_until(b'\n', &mut bytes) {
-                    Ok(0) => None,
-                    Ok(_) => Some(
-                        String::from_utf8(bytes)
-                            .map_err(|_| anyhow::anyhow!("this line is not valid UTF-8")),
-                    ),
-                    Err(e) => Some(Err(anyhow::Error::new(e).context("reading stdin"))),
-                }
-            }
-        }
-    }
-}
-
-/// Runs the shell on a logged-in session.
-pub fn run(mut conn: Conn, user: &str, server: &str, quiet: bool) -> anyhow::Result<()> {
-    let interactive = std::io::stdin().is_terminal();
-    let mut input = if interactive {
-        Input::Editor(Box::new(DefaultEditor::new()?))
-    } else {
-        Input::Plain(std::io::stdin().lock())
-    };
-    let mut cwd = commands::pwd(&mut conn)?;
-    let (mut total, mut failed, mut last_code) = (0, 0, 0);
-    loop {
-        let prompt = format!("{}@{server}:{}> ", sanitize(user), sanitize(&cwd));
-        let Some(line) = input.next(&prompt) else {
-            break;
-        };
-        let outcome = line.and_then(|line| run_line(&mut conn, &line, &mut cwd, quiet));
-        match outcome {
-            Ok(Flow::Next) => {}
-            Ok(Flow::Counted) => total += 1,
-            Ok(Flow::Exit) => break,
-            Err(e) => {
-                total += 1;
-                failed += 1;
-                last_code = exit_code(&e);
-                eprintln!("ftpc: {e:#}");
-                if e.downcast_ref::<Failure>().is_some_and(Failure::is_fatal) {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    conn.bye();
-    // At a terminal the user saw each error already; a script needs to know.
-    if failed > 0 && !interactive {
-        return Err(Failure::Script {
-            failed,
-            total,
-            code: last_code,
-        }
-        .into());
-    }
-    Ok(())
-}
-
-/// What the shell does after a line.
-enum Flow {
-    /// Nothing was run (empty line, help).
-    Next,
-    /// A command ran and succeeded.
-    Counted,
-    Exit,
-}
-
-fn run_line(conn: &mut Conn, line: &str, cwd: &mut String, quiet: bool) -> anyhow::Result<Flow> {
-    let words = split(line).map_err(|e| Failure::Usage(e.into()))?;
-    if words.is_empty() {
-        return Ok(Flow::Next);
-    }
-    let parsed = match Line::try_parse_from(&words) {
-        Ok(parsed) => parsed,
-        Err(e) if e.use_stderr() => return Err(Failure::Usage(one_line(&e)).into()),
-        Err(e) => {
-            // Help was asked for: not a failure.
-            let _ = e.print();
-            return Ok(Flow::Next);
-        }
-    };
-    match parsed.command {
-        ShellCommand::Exit => return Ok(Flow::Exit),
-        ShellCommand::Cd { path } => *cwd = commands::cd(conn, &path)?,
-        ShellCommand::Session(cmd) => commands::run(conn, &cmd, quiet)?,
-    }
-    Ok(Flow::Counted)
+/// The names the shell knows, for Tab: every command and alias, from clap,
+/// so the list cannot drift from the parser.
+pub fn command_names() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut names: Vec<String> = Line::command()
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases()))
+        .map(str::to_owned)
+        .collect();
+    names.push("help".into());
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A clap error in one line, for the shell: what is wrong and the usage of
 /// the command, not the advice to run `--help`.
-fn one_line(e: &clap::Error) -> String {
+pub fn one_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let mut lines = text.lines();
     let what: Vec<&str> = lines
@@ -213,6 +124,53 @@ pub fn split(line: &str) -> Result<Vec<String>, &'static str> {
     Ok(words)
 }
 
+/// Where the word under the cursor begins in `before` (the line up to the
+/// cursor): after the last blank that is neither escaped nor quoted.
+pub fn last_word_start(before: &str) -> usize {
+    let mut start = 0;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in before.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match (quote, c) {
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some('"'), '"') => quote = None,
+            (None, c) if c.is_whitespace() => start = i + c.len_utf8(),
+            _ => {}
+        }
+    }
+    start
+}
+
+/// A word as typed so far, with its quotes and escapes undone; a quote
+/// still open or a trailing backslash is fine.
+pub fn partial_word(word: &str) -> String {
+    let word = word.strip_suffix('\\').unwrap_or(word);
+    ["", "\"", "'"]
+        .iter()
+        .find_map(|close| split(&format!("{word}{close}")).ok())
+        .map(|words| words.concat())
+        .unwrap_or_default()
+}
+
+/// Escapes `word` so that [`split`] gives it back as one word.
+pub fn escape(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.chars() {
+        if c.is_whitespace() || matches!(c, '\\' | '"' | '\'' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +212,32 @@ mod tests {
         assert!(split(r#"get "oops"#).is_err());
         assert!(split("get 'oops").is_err());
         assert!(split(r"get oops\").is_err());
+    }
+
+    #[test]
+    fn the_word_under_the_cursor() {
+        assert_eq!(last_word_start("get do"), 4);
+        assert_eq!(last_word_start("get "), 4);
+        assert_eq!(last_word_start("get my\\ fi"), 4);
+        assert_eq!(last_word_start("get \"my fi"), 4);
+        assert_eq!(last_word_start("get 'a b' c"), 10);
+        assert_eq!(partial_word("my\\ fi"), "my fi");
+        assert_eq!(partial_word("\"my fi"), "my fi");
+        assert_eq!(partial_word("'it"), "it");
+        assert_eq!(partial_word("end\\"), "end");
+        for w in ["a b", "it's", "#x", "q\"q", "back\\slash"] {
+            assert_eq!(words(&format!("get {}", escape(w))), ["get", w]);
+        }
+    }
+
+    #[test]
+    fn command_names_come_from_the_parser() {
+        let names = command_names();
+        for n in [
+            "cd", "exit", "get", "lcd", "lls", "lmkdir", "lpwd", "ls", "put", "quit",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
     }
 
     #[test]
