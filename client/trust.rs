@@ -29,12 +29,13 @@ pub struct TrustArgs {
     known_hosts: Option<PathBuf>,
     /// Trust a server's key on first contact without asking (it is pinned
     /// after the login succeeds; a changed key is still refused).
-    #[arg(long, env = "FTPC_ACCEPT_NEW", conflicts_with = "plaintext")]
+    #[arg(long, env = "FTPC_ACCEPT_NEW", conflicts_with = "plaintext",
+          value_parser = clap::builder::FalseyValueParser::new())]
     accept_new: bool,
     /// Speak without TLS: nothing is encrypted, the server is not
     /// authenticated. Only for a link that is already private (a VPN, an
     /// SSH tunnel); the server must run with --plaintext too.
-    #[arg(long, env = "FTPC_PLAINTEXT")]
+    #[arg(long, env = "FTPC_PLAINTEXT", value_parser = clap::builder::FalseyValueParser::new())]
     plaintext: bool,
 }
 

@@ -94,7 +94,7 @@ struct Cli {
     )]
     scenario_flag: Option<Scenario>,
     /// Speak without TLS (the server must run with --plaintext too).
-    #[arg(long, env = "FTPLOAD_PLAINTEXT")]
+    #[arg(long, env = "FTPLOAD_PLAINTEXT", value_parser = clap::builder::FalseyValueParser::new())]
     plaintext: bool,
     /// Trust only a server whose key has this fingerprint (SHA256:...).
     #[arg(long, env = "FTPC_FINGERPRINT", value_name = "SHA256:...",
@@ -104,7 +104,8 @@ struct Cli {
     #[arg(long, env = "FTPC_KNOWN_HOSTS", value_name = "FILE")]
     known_hosts: Option<std::path::PathBuf>,
     /// Trust an unknown server key (nothing is pinned: ftpload never asks).
-    #[arg(long, env = "FTPC_ACCEPT_NEW", conflicts_with = "plaintext")]
+    #[arg(long, env = "FTPC_ACCEPT_NEW", conflicts_with = "plaintext",
+          value_parser = clap::builder::FalseyValueParser::new())]
     accept_new: bool,
     /// Server address.
     #[arg(
