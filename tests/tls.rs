@@ -147,6 +147,18 @@ fn accept_new_pins_an_unknown_key_on_first_contact() {
     let pins = std::fs::read_to_string(hosts.path()).expect("pinned");
     assert!(pins.contains(&fp), "{pins}");
     util::assert_success(&ftpc_bare(&addr, &hosts.path(), &["ls"]), "ls with the pin");
+    // The same from the environment, as scripts set it.
+    let other = Hosts::new();
+    let mut cmd = std::process::Command::new(FTPC);
+    cmd.args(["--server", &addr, "--user", "alice", "--quiet", "ls"])
+        .env("FTPC_PASSWORD", PW)
+        .stdin(std::process::Stdio::null());
+    util::clean_client_env(&mut cmd);
+    cmd.env("FTPC_ACCEPT_NEW", "1")
+        .env("FTPC_KNOWN_HOSTS", other.path());
+    util::assert_success(&cmd.output().expect("ftpc"), "FTPC_ACCEPT_NEW=1");
+    let pins = std::fs::read_to_string(other.path()).expect("pinned");
+    assert!(pins.contains(&fp), "{pins}");
 }
 
 #[test]
