@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use ftpd::frame;
 use ftpd::proto::{ErrorCode, Reply};
+use ftpd::tls::link::Link;
 use ftpd::tls::link::TLS_HANDSHAKE_RECORD;
 use ftpd::tls::trust::{Outcome, Policy, Refusal, Trusted, Verifier};
 use ftpd::tls::{self, ChannelBinding, Fingerprint};
+use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, StreamOwned};
 
 use crate::error::Failure;
 
@@ -38,9 +39,14 @@ pub enum Transport {
     Tls(Box<Secured>),
 }
 
+/// Most TLS bytes taken from the socket at once: a big read saves system
+/// calls on a download.
+const INBOX: usize = 256 * 1024;
+
 /// A TLS connection and what its handshake established.
 pub struct Secured {
-    stream: StreamOwned<ClientConnection, TcpStream>,
+    link: Link,
+    tcp: TcpStream,
     pub fingerprint: Fingerprint,
     pub trusted: Trusted,
     pub channel_binding: ChannelBinding,
@@ -51,7 +57,7 @@ impl Transport {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
-            Transport::Tls(s) => &s.stream.sock,
+            Transport::Tls(s) => &s.tcp,
         }
     }
 
@@ -71,7 +77,7 @@ impl Transport {
     pub fn describe(&self) -> String {
         match self {
             Transport::Plain(_) => "plaintext (not encrypted)".to_owned(),
-            Transport::Tls(s) => tls::describe(&s.stream.conn),
+            Transport::Tls(s) => s.link.describe(),
         }
     }
 
@@ -80,20 +86,15 @@ impl Transport {
     pub fn holds_input(&mut self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(s) => s
-                .stream
-                .conn
-                .process_new_packets()
-                .map(|io| io.plaintext_bytes_to_read() > 0 || io.peer_has_closed())
-                .unwrap_or(true),
+            Transport::Tls(s) => s.link.holds_input(),
         }
     }
 
     /// Ends our side: a `close_notify` over TLS, then a TCP half-close.
     pub fn close(&mut self) {
         if let Transport::Tls(s) = self {
-            s.stream.conn.send_close_notify();
-            let _ = s.stream.flush();
+            s.link.close_notify();
+            let _ = s.link.flush(&mut s.tcp);
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
@@ -103,7 +104,11 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.read(buf),
-            Transport::Tls(s) => s.stream.read(buf),
+            Transport::Tls(s) => {
+                // What we sent must be out before we wait for an answer.
+                s.link.flush(&mut s.tcp)?;
+                s.link.on(&mut s.tcp).read(buf)
+            }
         }
     }
 }
@@ -112,14 +117,14 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.write(buf),
-            Transport::Tls(s) => s.stream.write(buf),
+            Transport::Tls(s) => s.link.on(&mut s.tcp).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(tcp) => tcp.flush(),
-            Transport::Tls(s) => s.stream.flush(),
+            Transport::Tls(s) => s.link.flush(&mut s.tcp).map(drop),
         }
     }
 }
@@ -161,8 +166,12 @@ pub fn handshake(
     };
     let channel_binding = tls::channel_binding(&*conn)
         .map_err(|e| Failure::Link(format!("TLS channel binding failed: {e}")))?;
+    let mut link = Link::client(conn);
+    link.set_inbox_cap(INBOX);
+    link.set_inbox_keep(true);
     Ok(Transport::Tls(Box::new(Secured {
-        stream: StreamOwned::new(conn, tcp),
+        link,
+        tcp,
         fingerprint,
         trusted,
         channel_binding,

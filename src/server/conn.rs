@@ -25,7 +25,7 @@ use super::session::{self, Ctx, Phase, State};
 use crate::buf::{Buffer, Io};
 use crate::frame;
 use crate::proto::{ErrorCode, MAX_FRAME, Reply, Request};
-use crate::tls::link::{Link, LinkError, TLS_HANDSHAKE_RECORD};
+use crate::tls::link::{INBOX_CAP, Link, LinkError, TLS_HANDSHAKE_RECORD};
 
 /// Receive buffer cap once logged in: one whole frame plus room to read the
 /// next header, so a maximal frame never deadlocks and nothing grows beyond
@@ -46,6 +46,10 @@ const TX_HIGH: usize = 64 * 1024;
 
 /// The same before login, where every reply is a few hundred bytes.
 const PRE_LOGIN_TX_HIGH: usize = 2 * 1024;
+
+/// Most TLS bytes read at once before login: a ClientHello with its
+/// post-quantum key share takes under 2 KiB.
+const PRE_LOGIN_INBOX: usize = 4 * 1024;
 
 /// Send buffer cap while a download streams; pumping stops below it.
 pub const TX_XFER: usize = 1024 * 1024;
@@ -76,6 +80,8 @@ struct Limits {
     tx_high: usize,
     /// Send buffer cap: `tx_high` plus one reply, or the streaming cap.
     tx_cap: usize,
+    /// Most TLS bytes read from the socket at once.
+    inbox: usize,
 }
 
 impl Limits {
@@ -88,6 +94,7 @@ impl Limits {
                 // Replies before login are short messages; one frame of
                 // slack is generous.
                 tx_cap: PRE_LOGIN_TX_HIGH + PRE_LOGIN_RX,
+                inbox: PRE_LOGIN_INBOX,
             }
         } else {
             Limits {
@@ -99,6 +106,7 @@ impl Limits {
                 } else {
                     TX_HIGH + MAX_FRAME + frame::HEADER_LEN
                 },
+                inbox: INBOX_CAP,
             }
         }
     }
@@ -338,9 +346,11 @@ impl Conn {
         // Records rustls holds come on top of `tx`, which is where the
         // backpressure looks: keep them to the phase's reply mark.
         self.link.set_send_limit(limits.tx_high);
+        self.link.set_inbox_cap(limits.inbox);
         let transferring = self.st.phase.is_transfer();
         self.tx.set_keep(transferring);
         self.rx.set_keep(transferring);
+        self.link.set_inbox_keep(transferring);
     }
 
     /// Takes the channel binding once the handshake is done, for the login.

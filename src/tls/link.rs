@@ -4,9 +4,12 @@
 //! reads return plaintext and whose writes take plaintext, so the buffers
 //! and state machines above never see TLS.
 //!
-//! Reads: drain rustls's decrypted bytes; when there are none, `read_tls`
-//! once and `process_new_packets`, and go on until the socket would block.
-//! Handshake answers that processing produced are sent at once. Writes:
+//! Reads: drain rustls's decrypted bytes; when there are none, feed it
+//! from the link's inbox and `process_new_packets`, refilling the inbox
+//! from the socket when it is empty, until the socket would block. The
+//! inbox is there because rustls reads at most 4 KiB per call on its own:
+//! one large read into the inbox saves most of the system calls of a
+//! stream. Handshake answers that processing produced are sent at once. Writes:
 //! rustls takes plaintext only up to [`super::SEND_BUFFER_LIMIT`] of
 //! unsent records, so a peer that stops reading holds a bounded amount,
 //! and what rustls cannot take stays in the caller's buffer, where its
@@ -21,6 +24,10 @@ use std::io::{self, Read, Write};
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::{ChannelBinding, SEND_BUFFER_LIMIT};
+use crate::buf::Buffer;
+
+/// Largest socket read the inbox takes by default (a few records).
+pub const INBOX_CAP: usize = 64 * 1024;
 
 /// The first byte of every TLS handshake record.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -47,6 +54,11 @@ pub enum Link {
 /// A TLS connection and what the link remembers about it.
 pub struct Tls {
     conn: Connection,
+    /// Bytes read from the socket that rustls has not taken yet; empty
+    /// (and then holding no memory) whenever the peer is quiet.
+    inbox: Buffer,
+    /// The socket's end of file was read into the inbox.
+    peer_closed: bool,
     /// The first byte the peer sent, once it has sent one: tells a peer
     /// that speaks in clear from one that speaks TLS badly.
     first_byte: Option<u8>,
@@ -68,6 +80,8 @@ impl Link {
     fn tls(conn: Connection) -> Link {
         Link::Tls(Box::new(Tls {
             conn,
+            inbox: Buffer::with_cap(INBOX_CAP),
+            peer_closed: false,
             first_byte: None,
         }))
     }
@@ -82,6 +96,39 @@ impl Link {
     pub fn set_send_limit(&mut self, limit: usize) {
         if let Link::Tls(tls) = self {
             tls.conn.set_buffer_limit(Some(limit));
+        }
+    }
+
+    /// The most the inbox reads from the socket at once (small before
+    /// login, where nothing needs speed).
+    pub fn set_inbox_cap(&mut self, cap: usize) {
+        if let Link::Tls(tls) = self {
+            tls.inbox.set_cap(cap);
+        }
+    }
+
+    /// Whether the inbox keeps its memory while empty (during a transfer,
+    /// where it refills at once).
+    pub fn set_inbox_keep(&mut self, keep: bool) {
+        if let Link::Tls(tls) = self {
+            tls.inbox.set_keep(keep);
+        }
+    }
+
+    /// Whether input waits that a peek at the socket would not show:
+    /// decrypted bytes, records not yet decrypted, or the peer's close.
+    pub fn holds_input(&mut self) -> bool {
+        match self {
+            Link::Plain => false,
+            Link::Tls(tls) => {
+                !tls.inbox.is_empty()
+                    || tls.peer_closed
+                    || tls
+                        .conn
+                        .process_new_packets()
+                        .map(|io| io.plaintext_bytes_to_read() > 0 || io.peer_has_closed())
+                        .unwrap_or(true)
+            }
         }
     }
 
@@ -175,14 +222,30 @@ impl<S: Read + Write> Read for LinkIo<'_, S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            let mut sniff = Sniff {
-                sock: &mut *self.sock,
-                first_byte: &mut tls.first_byte,
-            };
-            if tls.conn.read_tls(&mut sniff)? == 0 {
-                // The socket's end of file, with or without close_notify.
-                return Ok(0);
+            if tls.inbox.is_empty() {
+                if tls.peer_closed {
+                    // The socket's end of file, with or without close_notify.
+                    return Ok(0);
+                }
+                // One read per refill: a blocking socket must not wait for
+                // more than the peer has sent.
+                let room = tls.inbox.room();
+                let space = tls.inbox.spare(room);
+                let len = space.len().min(room);
+                match self.sock.read(&mut space[..len]) {
+                    Ok(0) => tls.peer_closed = true,
+                    Ok(n) => tls.inbox.commit(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+                if tls.first_byte.is_none() {
+                    tls.first_byte = tls.inbox.data().first().copied();
+                }
+                continue;
             }
+            let mut pending = tls.inbox.data();
+            let taken = tls.conn.read_tls(&mut pending)?;
+            tls.inbox.consume(taken);
             if let Err(e) = tls.conn.process_new_packets() {
                 let why = match tls.first_byte {
                     // A peer in clear could not read an alert; the caller
@@ -247,20 +310,4 @@ fn flush_records<S: Write>(conn: &mut Connection, sock: &mut S) -> io::Result<us
         }
     }
     Ok(total)
-}
-
-/// A socket reader that remembers the first byte the peer sent.
-struct Sniff<'a, S> {
-    sock: &'a mut S,
-    first_byte: &'a mut Option<u8>,
-}
-
-impl<S: Read> Read for Sniff<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.sock.read(buf)?;
-        if self.first_byte.is_none() && n > 0 {
-            *self.first_byte = Some(buf[0]);
-        }
-        Ok(n)
-    }
 }
