@@ -37,13 +37,35 @@ enum Command {
     /// Print the fingerprint of the server's TLS key, for users to pin
     /// (`ftpc --fingerprint ...`); creates the key if there is none yet.
     Fingerprint {
-        /// The certificate, if the server runs with --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// Its key, if the server runs with --tls-key.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        files: TlsFiles,
     },
+}
+
+/// A certificate chain and key given instead of the generated pair.
+#[derive(clap::Args, Debug)]
+struct TlsFiles {
+    /// Serve this certificate chain (PEM) instead of the self-signed one
+    /// made in the data folder; SIGHUP reloads it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Where the TLS identity comes from: these files, or the pair made
+    /// in the data folder `root`.
+    fn source(self, root: &std::path::Path) -> ftpd::tls::identity::Source {
+        use ftpd::tls::identity::Source;
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Source::Files { cert, key },
+            _ => Source::Generated {
+                root: root.to_owned(),
+            },
+        }
+    }
 }
 
 /// A flag's accepted values, as a clap parser: out of range is a usage
@@ -105,52 +127,20 @@ struct ServeArgs {
     /// Log detail on stderr.
     #[arg(long, value_enum, default_value = "info")]
     log_level: Level,
-    /// Serve this certificate chain (PEM) instead of the self-signed one
-    /// made in the data folder; SIGHUP reloads it.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_key",
-        conflicts_with = "plaintext"
-    )]
-    tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_cert",
-        conflicts_with = "plaintext"
-    )]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsFiles,
     /// Speak without TLS: nothing is encrypted. Only for a link that is
     /// already private (a VPN, an SSH tunnel) and for benchmarks; clients
     /// must ask for it too.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     plaintext: bool,
-}
-
-/// Where the TLS identity comes from, per the flags.
-fn tls_source(
-    root: &std::path::Path,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-) -> ftpd::tls::identity::Source {
-    use ftpd::tls::identity::Source;
-    match (cert, key) {
-        (Some(cert), Some(key)) => Source::Files { cert, key },
-        _ => Source::Generated {
-            root: root.to_owned(),
-        },
-    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),
-        Some(Command::Fingerprint { tls_cert, tls_key }) => {
-            print_fingerprint(&tls_source(&cli.root, tls_cert, tls_key))
-        }
+        Some(Command::Fingerprint { files }) => print_fingerprint(&files.source(&cli.root)),
         None => serve(cli.root, cli.serve),
     };
     log::flush(LOG_FLUSH_WAIT);
@@ -196,7 +186,7 @@ fn serve(root: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
             lockout: Duration::from_secs(args.lockout_secs),
         },
         disk_threads: args.disk_threads,
-        tls: (!args.plaintext).then(|| tls_source(&root, args.tls_cert, args.tls_key)),
+        tls: (!args.plaintext).then(|| args.tls.source(&root)),
     };
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
