@@ -141,8 +141,9 @@ fn summary(direction: Direction, bytes: u64, resumed_at: u64, took: Duration) ->
     out
 }
 
-/// The end of a long name, which says most about it.
-fn short_name(name: &str) -> String {
+/// The end of a long name, which says most about it (a bar's current
+/// file, here and in a tree job's bar).
+pub fn short_name(name: &str) -> String {
     let count = name.chars().count();
     if count <= NAME_WIDTH {
         return name.to_owned();

@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::display::sanitize;
 use crate::error::{self, Failure, exit};
 pub use crate::progress::Direction;
+use crate::progress::short_name;
 
 /// Exit codes of failed files, most serious first: a lost session stops
 /// everything, bad data is worse than a full quota, a full quota worse than
@@ -44,9 +45,6 @@ pub const FAILURES_SHOWN: usize = 10;
 
 /// Redraw interval of the bar.
 const TICK: Duration = Duration::from_millis(200);
-
-/// Longest file name shown in the bar, in characters.
-const NAME_WIDTH: usize = 30;
 
 /// Things a tree job passes over without following them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,16 +329,6 @@ pub fn format_count(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// The end of a long name, which says most about it.
-fn short_name(name: &str) -> String {
-    let count = name.chars().count();
-    if count <= NAME_WIDTH {
-        return name.to_owned();
-    }
-    let tail: String = name.chars().skip(count - (NAME_WIDTH - 1)).collect();
-    format!("…{tail}")
 }
 
 #[cfg(test)]

@@ -166,10 +166,7 @@ pub struct Deferred {
 pub enum DeferredOp {
     Put {
         path: String,
-        size: u64,
-        resume: bool,
-        mtime: Option<i64>,
-        crc32: Option<u32>,
+        put: transfer::PutArgs,
     },
     Get {
         path: String,
@@ -1117,19 +1114,7 @@ pub fn timeout(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> bool {
         Phase::Closing { .. } | Phase::Done => return true,
         Phase::Deferred(d) => {
             st.phase = match d.op {
-                DeferredOp::Put {
-                    ref path,
-                    size,
-                    resume,
-                    mtime,
-                    crc32,
-                } => {
-                    let put = transfer::PutArgs {
-                        size,
-                        resume,
-                        mtime,
-                        crc32,
-                    };
+                DeferredOp::Put { ref path, put } => {
                     transfer::put_start(st, tx, ctx, path, put, Some(&d))
                 }
                 DeferredOp::Get {

@@ -231,10 +231,7 @@ pub fn put_start(
     let Some(slot) = ctx.fds.take() else {
         let op = DeferredOp::Put {
             path: path.to_string(),
-            size,
-            resume,
-            mtime,
-            crc32,
+            put,
         };
         return defer(st, tx, ctx, op, deferred);
     };
@@ -506,10 +503,12 @@ pub fn upload_opened(
                 drop(opening);
                 let op = DeferredOp::Put {
                     path: path.to_string(),
-                    size,
-                    resume,
-                    mtime,
-                    crc32: None,
+                    put: PutArgs {
+                        size,
+                        resume,
+                        mtime,
+                        crc32: None,
+                    },
                 };
                 return defer(st, tx, ctx, op, None);
             }
