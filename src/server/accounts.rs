@@ -307,6 +307,16 @@ impl Accounts {
             })
     }
 
+    /// Refuses an upload to `path` while another session of `name` is
+    /// uploading there (or the account is gone).
+    pub fn check_not_uploading(&self, name: &str, path: &VPath) -> Result<(), (ErrorCode, String)> {
+        if self.get(name).is_none_or(|a| a.uploads.contains(path)) {
+            let message = format!("busy: {path} is being uploaded by another session");
+            return Err((ErrorCode::Busy, message));
+        }
+        Ok(())
+    }
+
     /// Reserves `need` bytes for work about to start, or says why it does
     /// not fit.
     pub fn reserve(&mut self, name: &str, need: u64) -> Result<(), (ErrorCode, String)> {

@@ -215,13 +215,8 @@ fn admit(
         return refused(FsError::new(ErrorCode::CrcMismatch, message));
     }
     let user = login.user.clone();
-    let busy = ctx
-        .accounts
-        .get(&user)
-        .is_none_or(|a| a.uploads.contains(&path));
-    if busy {
-        let message = format!("busy: {path} is being uploaded by another session");
-        return refused(FsError::new(ErrorCode::Busy, message));
+    if let Err((code, message)) = ctx.accounts.check_not_uploading(&user, &path) {
+        return refused(FsError::new(code, message));
     }
     let Some(slot) = ctx.fds.take() else {
         let message = "the server is out of resources right now; try again later";

@@ -219,13 +219,8 @@ pub fn put_start(
             &FsError::new(ErrorCode::IsADirectory, "is a directory: /"),
         );
     }
-    let busy = ctx
-        .accounts
-        .get(&user)
-        .is_none_or(|a| a.uploads.contains(&path));
-    if busy {
-        let message = format!("busy: {path} is being uploaded by another session");
-        ctx.send_error(tx, ErrorCode::Busy, &message);
+    if let Err((code, message)) = ctx.accounts.check_not_uploading(&user, &path) {
+        ctx.send_error(tx, code, &message);
         return Phase::Ready;
     }
     let Some(slot) = ctx.fds.take() else {
