@@ -107,6 +107,7 @@ enum TopCommand {
 }
 
 fn main() -> ExitCode {
+    ftpd::memcpy_tuning::apply();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

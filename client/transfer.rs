@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use crc32fast::Hasher;
+use ftpd::aligned_io::Stage;
 use ftpd::frame::{CHUNK_HEADER_MAX, chunk_header};
 use ftpd::proto::{CHUNK_SIZE, Reply, Request};
 use ftpd::size::format_size;
@@ -284,6 +285,7 @@ fn send_chunks(
 ) -> Result<Sent, Failure> {
     let mut pos = start;
     let mut writes = 0u64;
+    let mut stage = Stage::new(CHUNK_SIZE);
     let mut pace = conn.pace(Awaiting::Upload);
     let mut throttle = Throttle::new();
     // Under --limit-rate: small chunks, one per write, for a steady rate.
@@ -302,7 +304,7 @@ fn send_chunks(
             buf[used..used + h].copy_from_slice(&header[..h]);
             used += h;
             let data = &mut buf[used..used + n];
-            if let Err(e) = file.read_exact(data) {
+            if let Err(e) = stage.read_exact(file, data) {
                 return Ok(Sent::LocalError(if e.kind() == ErrorKind::UnexpectedEof {
                     std::io::Error::other("the file shrank while it was being sent")
                 } else {
@@ -452,6 +454,7 @@ pub fn receive_chunks(
     let want = size - offset;
     let mut got = 0u64;
     let mut write_error = None;
+    let mut stage = Stage::new(CHUNK_SIZE);
     let mut pace = conn.pace(Awaiting::Download);
     let mut throttle = Throttle::new();
     let their_crc = loop {
@@ -464,7 +467,7 @@ pub fn receive_chunks(
                     .into());
                 }
                 if write_error.is_none()
-                    && let Err(e) = sink.out.write_all(data)
+                    && let Err(e) = stage.write_all(sink.out, data)
                 {
                     write_error = Some(e);
                 }

@@ -2,9 +2,11 @@
 //! its client `ftpc` shares with it (protocol, framing, login crypto).
 
 pub mod admin;
+pub mod aligned_io;
 pub mod buf;
 pub mod frame;
 pub mod jail;
+pub mod memcpy_tuning;
 pub mod proto;
 pub mod scram;
 pub mod server;

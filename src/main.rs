@@ -137,6 +137,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    ftpd::memcpy_tuning::apply();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),

@@ -585,3 +585,32 @@ fn a_deleted_users_running_session_finishes() {
     c.send(&Request::Bye);
     let _ = c.stream.flush();
 }
+
+/// The server runs with glibc's `rep movsb` threshold raised (see
+/// `ftpd::memcpy_tuning`), and keeps the tunables it was started with.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_server_runs_with_memcpy_tuned_and_keeps_given_tunables() {
+    // glibc splits the variable at ':' in place, so look at the raw bytes.
+    let environ = |server: &TestServer| {
+        let raw = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+        String::from_utf8_lossy(&raw).replace('\0', "\n")
+    };
+    let data = DataDir::new();
+    let server = TestServer::start(&data, &[]);
+    let env = environ(&server);
+    assert!(
+        env.contains("glibc.cpu.x86_rep_movsb_threshold=16777216"),
+        "{env}"
+    );
+    drop(server);
+
+    let server = TestServer::start_with_env(&data, &[("GLIBC_TUNABLES", "glibc.malloc.perturb=7")]);
+    let env = environ(&server);
+    assert!(
+        env.contains(
+            "GLIBC_TUNABLES=glibc.malloc.perturb=7\nglibc.cpu.x86_rep_movsb_threshold=16777216\n"
+        ),
+        "{env}"
+    );
+}

@@ -19,11 +19,12 @@ use super::fds::FdBudget;
 use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
 use super::worker::{Job, Lane, Step, Worker};
+use crate::aligned_io::Stage;
 use crate::buf::Buffer;
 use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, Piece, TreeRemoval, VPath};
 use crate::log;
 use crate::proto::{
-    Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
+    CHUNK_SIZE, Entry, ErrorCode, LIST_BATCH, MAGIC, MAX_LIST_ENTRIES, MAX_NONCE_LEN, MAX_USER_LEN,
     MIN_NONCE_LEN, NONCE_LEN, PROTOCOL_VERSION, Reply, Request,
 };
 use crate::scram::{self, Transcript};
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub now: Instant,
     /// Reused encoding space for replies.
     scratch: Vec<u8>,
+    /// The aligned block that file data passes through on the reactor.
+    pub stage: Stage,
 }
 
 impl Ctx {
@@ -67,6 +70,7 @@ impl Ctx {
             fds: FdBudget::new(),
             now: Instant::now(),
             scratch: Vec::new(),
+            stage: Stage::new(CHUNK_SIZE),
         }
     }
 

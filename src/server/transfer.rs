@@ -19,7 +19,7 @@
 //! mismatch, more bytes than announced, a failed write or sync).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -707,7 +707,7 @@ pub fn put_chunk(
         ctx.send_error(tx, ErrorCode::TransferFailed, &message);
         return Phase::Discarding;
     }
-    if let Err(e) = up.file.write_all(bytes) {
+    if let Err(e) = ctx.stage.write_all(&mut up.file, bytes) {
         // Part of the chunk may have landed before the error: count what
         // is really in the file, so deleting it frees exactly that.
         if let Ok(meta) = up.file.metadata() {
@@ -1076,7 +1076,7 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
         let mut header = [0u8; CHUNK_HEADER_MAX];
         let h = chunk_header(REPLY_CHUNK_TAG, n, &mut header);
         let space = tx.spare(h + n);
-        let got = match read_full(&mut down.file, &mut space[h..h + n]) {
+        let got = match ctx.stage.read_full(&mut down.file, &mut space[h..h + n]) {
             Ok(got) => got,
             Err(e) => {
                 let err = FsError::from_io(&e, &down.path);
@@ -1119,20 +1119,6 @@ fn stop_download(
         end_download(st, ctx, *down, message);
     }
     0
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// The one way a download ends: its access-log line, and the file let go.

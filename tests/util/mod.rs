@@ -150,6 +150,15 @@ impl TestServer {
 
     /// As [`TestServer::start`], listening on `listen` instead.
     pub fn start_on(data: &DataDir, listen: &str, extra: &[&str]) -> TestServer {
+        TestServer::spawn(data, listen, extra, &[])
+    }
+
+    /// As [`TestServer::start`], with these environment variables set.
+    pub fn start_with_env(data: &DataDir, env: &[(&str, &str)]) -> TestServer {
+        TestServer::spawn(data, "127.0.0.1:0", &[], env)
+    }
+
+    fn spawn(data: &DataDir, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut child = Command::new(FTPD)
             .arg("--root")
             .arg(data.path())
@@ -160,6 +169,7 @@ impl TestServer {
                 &["--login-delay-ms", "20"][..]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
