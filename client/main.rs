@@ -107,7 +107,10 @@ enum TopCommand {
 }
 
 fn main() -> ExitCode {
-    ftpd::memcpy_tuning::apply();
+    ftpd::glibc_tunables::apply(&[
+        ftpd::glibc_tunables::MEMCPY_VECTOR,
+        ftpd::glibc_tunables::MALLOC_HUGE_PAGES,
+    ]);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@
 //! took about twice as long from an unaligned one. Frames put file data at
 //! whatever offset their header leaves, so file data goes through this
 //! stage instead; the extra copy is a vector copy of a block that is in
-//! cache (see `memcpy_tuning`), a few per cent of the kernel's.
+//! cache (see `glibc_tunables`), a few per cent of the kernel's.
 
 use std::io::{self, ErrorKind, Read, Write};
 

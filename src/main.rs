@@ -137,7 +137,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    ftpd::memcpy_tuning::apply();
+    ftpd::glibc_tunables::apply(&[ftpd::glibc_tunables::MEMCPY_VECTOR]);
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),

@@ -587,7 +587,7 @@ fn a_deleted_users_running_session_finishes() {
 }
 
 /// The server runs with glibc's `rep movsb` threshold raised (see
-/// `ftpd::memcpy_tuning`), and keeps the tunables it was started with.
+/// `ftpd::glibc_tunables`), and keeps the tunables it was started with.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_server_runs_with_memcpy_tuned_and_keeps_given_tunables() {

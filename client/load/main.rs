@@ -187,7 +187,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    ftpd::memcpy_tuning::apply();
+    ftpd::glibc_tunables::apply(&[ftpd::glibc_tunables::MEMCPY_VECTOR]);
     let cli = Cli::parse();
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
