@@ -59,6 +59,30 @@ pub struct Conn {
     /// How long a reply may take, and a stream may go without a step of
     /// progress (`--timeout`).
     timeout: Duration,
+    timeouts: Timeouts,
+}
+
+/// The socket's time-outs as last set. Setting one is a system call, and a
+/// download sets one before every read of a TLS record: 65,811 calls for
+/// 1 GiB, where the value changes only near a deadline.
+#[derive(Debug, Default)]
+struct Timeouts {
+    read: Option<Duration>,
+    write: Option<Duration>,
+}
+
+impl Timeouts {
+    fn set_read(&mut self, tcp: &TcpStream, limit: Duration) {
+        if self.read != Some(limit) && tcp.set_read_timeout(Some(limit)).is_ok() {
+            self.read = Some(limit);
+        }
+    }
+
+    fn set_write(&mut self, tcp: &TcpStream, limit: Duration) {
+        if self.write != Some(limit) && tcp.set_write_timeout(Some(limit)).is_ok() {
+            self.write = Some(limit);
+        }
+    }
 }
 
 impl Conn {
@@ -104,6 +128,7 @@ impl Conn {
             server: String::new(),
             version: 0,
             timeout,
+            timeouts: Timeouts::default(),
         };
         conn.hello()?;
         Ok(conn)
@@ -267,8 +292,13 @@ impl Conn {
             return Ok(());
         }
         let mut pace = self.pace(Awaiting::Request);
-        let Conn { stream, queued, .. } = self;
-        let written = write_paced(stream, queued, &mut pace);
+        let Conn {
+            stream,
+            queued,
+            timeouts,
+            ..
+        } = self;
+        let written = write_paced(stream, timeouts, queued, &mut pace);
         queued.clear();
         written
     }
@@ -280,15 +310,20 @@ impl Conn {
         frame::encode_into(req, &mut self.tx)
             .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))?;
         let mut pace = self.pace(Awaiting::Request);
-        let Conn { stream, tx, .. } = self;
-        write_paced(stream, tx, &mut pace)
+        let Conn {
+            stream,
+            tx,
+            timeouts,
+            ..
+        } = self;
+        write_paced(stream, timeouts, tx, &mut pace)
     }
 
     /// Sends bytes that are already framed (upload chunks), counting them
     /// as progress of `pace`.
     pub fn send_paced(&mut self, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
         self.flush_queued()?;
-        write_paced(&mut self.stream, bytes, pace)
+        write_paced(&mut self.stream, &mut self.timeouts, bytes, pace)
     }
 
     /// Receives the next reply, which must arrive whole within `--timeout`.
@@ -372,7 +407,7 @@ impl Conn {
             // wait (the signal may land on another thread, such as the
             // progress bar's, and interrupt nothing here).
             let slice = pace.left()?.min(crate::cancel::POLL);
-            let _ = self.stream.tcp().set_read_timeout(Some(slice));
+            self.timeouts.set_read(self.stream.tcp(), slice);
             match self.stream.read(&mut self.rx[self.end..]) {
                 Ok(0) => return Err(Failure::Link("the server closed the connection".into())),
                 Ok(n) => {
@@ -420,12 +455,17 @@ impl Conn {
 
 /// Writes all of `bytes` before `pace`'s deadline, counting what the
 /// server takes as progress.
-fn write_paced(stream: &mut Transport, bytes: &[u8], pace: &mut Pace) -> Result<(), Failure> {
+fn write_paced(
+    stream: &mut Transport,
+    timeouts: &mut Timeouts,
+    bytes: &[u8],
+    pace: &mut Pace,
+) -> Result<(), Failure> {
     let mut rest = bytes;
     while !rest.is_empty() {
         // Only fails for a zero duration, which `left` never is.
         let slice = pace.left()?.min(crate::cancel::POLL);
-        let _ = stream.tcp().set_write_timeout(Some(slice));
+        timeouts.set_write(stream.tcp(), slice);
         match stream.write(rest) {
             Ok(0) => {
                 let e = std::io::Error::from(ErrorKind::WriteZero);
