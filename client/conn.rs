@@ -62,6 +62,11 @@ pub struct Conn {
     timeouts: Timeouts,
 }
 
+/// Queued requests are written once they hold this much: a stream of small
+/// files (`put -r`) goes out in writes of about this size while the
+/// server works on the earlier ones, instead of one write per file.
+const QUEUE_WRITE_AT: usize = 64 * 1024;
+
 /// The socket's time-outs as last set. Setting one is a system call, and a
 /// download sets one before every read of a TLS record: 65,811 calls for
 /// 1 GiB, where the value changes only near a deadline.
@@ -280,10 +285,16 @@ impl Conn {
     }
 
     /// Queues a pipelined request: it is written with the others queued
-    /// before ftpc next waits for a reply (one write for many requests).
+    /// before ftpc next waits for a reply, or once they reach
+    /// [`QUEUE_WRITE_AT`] (one write, and full TLS records, for many
+    /// requests).
     pub fn queue(&mut self, req: &Request) -> Result<(), Failure> {
         frame::encode_into(req, &mut self.queued)
-            .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))
+            .map_err(|e| Failure::Local(format!("cannot encode a request: {e}")))?;
+        if self.queued.len() >= QUEUE_WRITE_AT {
+            self.flush_queued()?;
+        }
+        Ok(())
     }
 
     /// Writes the queued requests.

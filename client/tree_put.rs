@@ -318,7 +318,7 @@ impl Job<'_> {
     /// A folder of the tree, created in the pipeline.
     fn mkdir(&mut self, remote: String) -> Result<(), anyhow::Error> {
         self.make_room(0)?;
-        self.conn.send(&Request::Mkdir {
+        self.conn.queue(&Request::Mkdir {
             path: remote.clone(),
         })?;
         self.window.push_back(InFlight::Folder { remote });
@@ -365,7 +365,7 @@ impl Job<'_> {
         let crc32 = crc32fast::hash(&data);
         self.report.begin_file(shown);
         self.make_room(data.len())?;
-        self.conn.send(&Request::PutSmall {
+        self.conn.queue(&Request::PutSmall {
             path: remote.to_owned(),
             mtime: mtime_ns(&meta),
             crc32,
