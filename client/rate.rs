@@ -69,6 +69,11 @@ impl Throttle {
         }
     }
 
+    /// Whether `--limit-rate` was given.
+    pub fn is_limited(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// The chunk size to send at under a limit: a tenth of a second's
     /// worth (at least [`MIN_CHUNK`], at most `max`), so the bytes and the
     /// progress bar move several times a second; `None` without a limit.

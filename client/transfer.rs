@@ -411,7 +411,15 @@ pub fn get(
         out: &mut file,
         failed: &format!("cannot write {shown}"),
     };
-    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, |n| progress.inc(n))?;
+    let their_crc = receive_chunks(
+        conn,
+        sink,
+        &mut hasher,
+        size,
+        offset,
+        &mut Throttle::new(),
+        |n| progress.inc(n),
+    )?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {
         drop(file);
@@ -449,6 +457,7 @@ pub fn receive_chunks(
     hasher: &mut Hasher,
     size: u64,
     offset: u64,
+    throttle: &mut Throttle,
     progress: impl Fn(u64),
 ) -> anyhow::Result<u32> {
     let want = size - offset;
@@ -456,7 +465,6 @@ pub fn receive_chunks(
     let mut write_error = None;
     let mut stage = Stage::new(CHUNK_SIZE);
     let mut pace = conn.pace(Awaiting::Download);
-    let mut throttle = Throttle::new();
     let their_crc = loop {
         match conn.recv_paced(&pace)? {
             Reply::Chunk(data) => {
@@ -514,7 +522,15 @@ pub fn get_to_stdout(conn: &mut Conn, remote: &str, quiet: bool) -> anyhow::Resu
         out: &mut out,
         failed: "cannot write to standard output",
     };
-    let their_crc = receive_chunks(conn, sink, &mut hasher, size, offset, |n| progress.inc(n))?;
+    let their_crc = receive_chunks(
+        conn,
+        sink,
+        &mut hasher,
+        size,
+        offset,
+        &mut Throttle::new(),
+        |n| progress.inc(n),
+    )?;
     out.flush().context("cannot write to standard output")?;
     let crc32 = hasher.finalize();
     if crc32 != their_crc {

@@ -47,6 +47,7 @@ use crate::error::Failure;
 use crate::glob::expand_remote_entries;
 use crate::listing::{PageCount, join, receive_page, request_page};
 use crate::local_dir::{LocalDir, part_name};
+use crate::rate::Throttle;
 use crate::transfer::{self, Sink, receive_chunks, remote_file_name};
 use crate::tree_report::{Direction, TreeReport, Unfollowed};
 
@@ -268,6 +269,9 @@ struct Engine<'a> {
     /// A page was asked for; the walk waits for it.
     paging: bool,
     buf: Box<[u8]>,
+    /// `--limit-rate` over the whole job, not each file afresh: a fresh
+    /// bucket would let every small file through as a burst.
+    throttle: Throttle,
 }
 
 impl<'a> Engine<'a> {
@@ -281,6 +285,7 @@ impl<'a> Engine<'a> {
             in_flight: 0,
             paging: false,
             buf: vec![0u8; CHUNK_SIZE].into_boxed_slice(),
+            throttle: Throttle::new(),
         }
     }
 
@@ -602,9 +607,15 @@ impl<'a> Engine<'a> {
             failed: &failed,
         };
         let report = &self.report;
-        let their_crc = receive_chunks(self.conn, sink, &mut hasher, size, offset, |n| {
-            report.bytes(n)
-        })?;
+        let their_crc = receive_chunks(
+            self.conn,
+            sink,
+            &mut hasher,
+            size,
+            offset,
+            &mut self.throttle,
+            |n| report.bytes(n),
+        )?;
         let crc32 = hasher.finalize();
         if crc32 != their_crc {
             drop(file);
@@ -659,7 +670,15 @@ impl<'a> Engine<'a> {
             out: &mut std::io::sink(),
             failed,
         };
-        let their_crc = receive_chunks(self.conn, sink, &mut Hasher::new(), size, size, |_| {})?;
+        let their_crc = receive_chunks(
+            self.conn,
+            sink,
+            &mut Hasher::new(),
+            size,
+            size,
+            &mut self.throttle,
+            |_| {},
+        )?;
         if their_crc != crc {
             return Err(Failure::Integrity(format!(
                 "the server said its file matches ours ({crc:08x}), then gave crc32 {their_crc:08x}"

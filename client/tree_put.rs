@@ -33,6 +33,8 @@ use walkdir::WalkDir;
 use crate::commands::{mkdir_p, stat};
 use crate::conn::Conn;
 use crate::error::Failure;
+use crate::pace::Awaiting;
+use crate::rate::Throttle;
 use crate::transfer::{PUT_DONE_TIMEOUT, Sending, Upload, Uploaded, mtime_ns};
 use crate::tree_report::{Direction, TreeReport, Unfollowed};
 
@@ -77,6 +79,7 @@ pub fn put_tree(
         in_flight_bytes: 0,
         resume,
         quiet,
+        throttle: Throttle::new(),
     };
     for t in &tallies {
         job.report.discovered(t.files, t.bytes);
@@ -254,6 +257,8 @@ struct Job<'c> {
     in_flight_bytes: usize,
     resume: bool,
     quiet: bool,
+    /// `--limit-rate` over the small files (a large one has its own).
+    throttle: Throttle,
 }
 
 impl Job<'_> {
@@ -365,12 +370,20 @@ impl Job<'_> {
         let crc32 = crc32fast::hash(&data);
         self.report.begin_file(shown);
         self.make_room(data.len())?;
-        self.conn.queue(&Request::PutSmall {
+        let request = Request::PutSmall {
             path: remote.to_owned(),
             mtime: mtime_ns(&meta),
             crc32,
             data: &data,
-        })?;
+        };
+        if self.throttle.is_limited() {
+            // Under a limit each file goes out when paid for.
+            self.conn.send(&request)?;
+            let mut pace = self.conn.pace(Awaiting::Upload);
+            self.throttle.pay(data.len() as u64, &mut pace)?;
+        } else {
+            self.conn.queue(&request)?;
+        }
         self.in_flight_bytes += data.len();
         self.window.push_back(InFlight::File {
             shown: shown.to_owned(),

@@ -149,6 +149,30 @@ fn limit_rate_bounds_the_average_rate_of_put_and_get() {
     assert!(took >= Duration::from_millis(1500), "get took {took:?}");
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
 
+    // The same for a tree of small files, which go whole in one frame
+    // each: 64 files of 32 KiB.
+    let tree = local.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..64 {
+        util::make_file(&tree.join(format!("f{i:02}")), 32 << 10, i);
+    }
+    let took = timed(&["--limit-rate", "1M", "put", "-r", tree.to_str().unwrap()]);
+    assert!(took >= Duration::from_millis(1500), "put -r took {took:?}");
+    let fetched = local.path().join("fetched");
+    let took = timed(&[
+        "--limit-rate",
+        "1M",
+        "get",
+        "-r",
+        "tree",
+        fetched.to_str().unwrap(),
+    ]);
+    assert!(took >= Duration::from_millis(1500), "get -r took {took:?}");
+    assert_eq!(
+        std::fs::read(fetched.join("f07")).unwrap(),
+        std::fs::read(tree.join("f07")).unwrap()
+    );
+
     // A bad rate is a usage error.
     let out = server.ftpc("alice", PW, &["--limit-rate", "0", "ls"]);
     assert_eq!(out.status.code(), Some(2), "{}", util::stderr(&out));
