@@ -26,7 +26,9 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Allocates nothing until first used.
+    /// Allocates nothing until first used, then only as much as the
+    /// largest block asked for (a client makes one per file, and a tree's
+    /// files are mostly small).
     pub fn new(capacity: usize) -> Stage {
         Stage {
             buf: Vec::new(),
@@ -35,11 +37,12 @@ impl Stage {
     }
 
     fn block(&mut self, len: usize) -> &mut [u8] {
-        if self.buf.is_empty() {
-            self.buf = vec![0; self.capacity + ALIGN];
+        let len = len.min(self.capacity);
+        if self.buf.len() < len + ALIGN {
+            self.buf = vec![0; len + ALIGN];
         }
         let start = self.buf.as_ptr().align_offset(ALIGN).min(ALIGN);
-        &mut self.buf[start..start + len.min(self.capacity)]
+        &mut self.buf[start..start + len]
     }
 
     /// Reads until `out` is full or the input ends; returns the bytes read.
@@ -118,5 +121,7 @@ mod tests {
     fn the_block_is_aligned() {
         let mut stage = Stage::new(4096);
         assert_eq!(stage.block(100).as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(stage.block(3000).as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(stage.block(9000).len(), 4096);
     }
 }
