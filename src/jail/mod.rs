@@ -29,6 +29,7 @@ mod change;
 mod error;
 mod listing;
 mod partial;
+mod small;
 pub mod stamp;
 mod tree;
 mod vpath;
@@ -52,6 +53,7 @@ pub use change::{Change, FileId, Gone};
 pub use error::FsError;
 pub use listing::Listing;
 pub use partial::{OpenedPartial, PublishError, Published};
+pub use small::{Creating, Publishing, Target};
 pub use tree::{Piece, TreeRemoval};
 pub use vpath::VPath;
 
@@ -72,15 +74,6 @@ const OPEN_TRIES: usize = 8;
 
 /// Mode of folders users create (before the umask).
 const DIR_MODE: u32 = 0o755;
-
-/// What [`Jail::small_target`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// The same bytes are there already.
-    Same,
-    /// Nothing, or another file: a new one may replace it.
-    Other,
-}
 
 /// One user's home, held open. Cheap to share: wrap in `Arc`.
 #[derive(Debug)]
@@ -168,10 +161,15 @@ impl Jail {
 
     /// Creates the folder `p` (mode 0755 before the umask).
     pub fn mkdir(&self, p: &VPath) -> Result<Change, FsError> {
+        let _tree = self.lock_tree();
+        self.mkdir_locked(p)
+    }
+
+    /// [`Jail::mkdir`] for a caller that holds the tree lock.
+    fn mkdir_locked(&self, p: &VPath) -> Result<Change, FsError> {
         let Some(name) = p.file_name() else {
             return Err(FsError::new(ErrorCode::AlreadyExists, "already exists: /"));
         };
-        let _tree = self.lock_tree();
         let dir = self.open_parent(p, OFlags::PATH)?;
         let watch = FolderWatch::new(&[&dir]);
         rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(DIR_MODE))
@@ -295,64 +293,6 @@ impl Jail {
         // swapped in meanwhile can be opened instead.
         let fd = reopen_for_reading(&path_fd).map_err(err)?;
         Ok((File::from(fd), regular_size(&st), FileId::of(&st)))
-    }
-
-    /// What is at the target of a small upload: the same file already
-    /// (a regular file of `size` bytes with CRC32 `crc`, from its stamp or
-    /// read and stamped afresh), or something a new file may replace. A
-    /// folder (`IsADirectory`) or a special file (`PermissionDenied`) there
-    /// is refused, as for any upload. An identical file whose modification
-    /// time differs from `mtime` gets it (and a new stamp), as a fresh
-    /// upload would have.
-    pub fn small_target(
-        &self,
-        p: &VPath,
-        size: u64,
-        crc: u32,
-        mtime: Option<i64>,
-    ) -> Result<Target, FsError> {
-        let Some(name) = p.file_name() else {
-            return Err(FsError::new(ErrorCode::IsADirectory, "is a directory: /"));
-        };
-        let dir = self.open_parent(p, OFlags::PATH)?;
-        let st = match lstat_at(&dir, name) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(Target::Other),
-            Err(e) => return Err(FsError::from_errno(e, p)),
-        };
-        check_regular(&st, p)?;
-        if regular_size(&st) != size {
-            return Ok(Target::Other);
-        }
-        // The file itself, now: O_NOFOLLOW and O_NONBLOCK, so nothing
-        // swapped in since the lstat is followed or waited on; its fstat
-        // must show the same regular file.
-        let fd = open_beneath(
-            dir.as_fd(),
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-            Mode::empty(),
-        );
-        let Ok(fd) = fd else {
-            return Ok(Target::Other);
-        };
-        let file = File::from(fd);
-        let Ok(now) = rustix::fs::fstat(&file) else {
-            return Ok(Target::Other);
-        };
-        if FileId::of(&now) != FileId::of(&st) || file_type(&now) != FileType::RegularFile {
-            return Ok(Target::Other);
-        }
-        if !stamp::crc_of_small(&file, &now).is_ok_and(|c| c == crc) {
-            return Ok(Target::Other);
-        }
-        if let Some(ns) = mtime
-            && ns != stamp::mtime_ns(&now)
-            && stamp::set_mtime(&file, ns).is_ok()
-        {
-            stamp::write_stamp(&file, crc);
-        }
-        Ok(Target::Same)
     }
 
     /// Opens `p` below the home with [`RESOLVE`].

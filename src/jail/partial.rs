@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +33,7 @@ const NAME_HASH_BYTES: usize = 16;
 const PARTIAL_DIR_MODE: u32 = 0o700;
 
 /// Mode of a partial, and so of the published file (before the umask).
-const PARTIAL_MODE: u32 = 0o644;
+pub(super) const PARTIAL_MODE: u32 = 0o644;
 
 /// What a publish did once the rename succeeded.
 #[derive(Debug)]
@@ -87,52 +86,25 @@ impl Jail {
     ) -> Result<OpenedPartial, FsError> {
         let err = |e| FsError::from_errno(e, target);
         let _tree = self.lock_tree();
-        let home_watch = FolderWatch::new(&[&self.home]);
-        let had_dir = self.partial_dir(false).map_err(err)?.is_some();
-        let dir = self
-            .partial_dir(true)
-            .map_err(err)?
-            .ok_or_else(|| err(Errno::NOENT))?;
-        let mut change = Change::default();
-        if !had_dir {
-            let own = rustix::fs::fstat(&*dir).map_or(usage::BLOCK, |st| usage::charge(&st));
-            change = Change::new(signed(own), 1);
-        }
-        change = change.and_folders(home_watch);
-        let name = Jail::partial_name(target);
-        let existed = lstat_at(&dir, &name).is_ok();
+        let (dir, made) = self.partials_for_writing().map_err(err)?;
         let watch = FolderWatch::new(&[&*dir]);
-        // O_NONBLOCK so that a FIFO planted under the partial's name cannot
-        // stall the server; fstat then refuses it.
-        let fd = open_beneath(
-            dir.as_fd(),
-            &name,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-            Mode::from_raw_mode(PARTIAL_MODE),
-        )
-        .map_err(err)?;
-        let st = rustix::fs::fstat(&fd).map_err(err)?;
-        check_regular(&st, target)?;
-        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(err)?;
-        let file = File::from(fd);
-        let mut existing = regular_size(&st);
-        if !existed {
-            change = change.and(Change::new(signed(usage::file_charge(existing)), 1));
-        }
-        change = change.and_folders(watch);
-        if existing > 0 && keep_up_to.is_none_or(|keep| existing > keep) {
-            file.set_len(0).map_err(|e| FsError::from_io(&e, target))?;
-            let freed = usage::file_charge(existing) - usage::file_charge(0);
-            change = change.and(Change::new(-signed(freed), 0));
-            existing = 0;
-        }
+        let mut opened = open_partial_in(&dir, target, keep_up_to)?;
+        opened.change = made.and(opened.change).and_folders(watch);
         // Not fatal: the in-flight list given to the sweep covers it too.
-        let _ = file.set_modified(SystemTime::now());
-        Ok(OpenedPartial {
-            file,
-            existing,
-            change,
-        })
+        let _ = opened.file.set_modified(SystemTime::now());
+        Ok(opened)
+    }
+
+    /// [`PARTIAL_DIR`], created if missing, with what creating it cost
+    /// (nothing if it was there). The caller holds the tree lock.
+    pub(super) fn partials_for_writing(&self) -> Result<(Arc<OwnedFd>, Change), Errno> {
+        if let Some(dir) = self.partial_dir(false)? {
+            return Ok((dir, Change::default()));
+        }
+        let home_watch = FolderWatch::new(&[&self.home]);
+        let dir = self.partial_dir(true)?.ok_or(Errno::NOENT)?;
+        let own = rustix::fs::fstat(&*dir).map_or(usage::BLOCK, |st| usage::charge(&st));
+        Ok((dir, Change::new(signed(own), 1).and_folders(home_watch)))
     }
 
     /// The length of the partial for `target`, if there is one.
@@ -204,24 +176,23 @@ impl Jail {
         &self,
         target: &VPath,
     ) -> Result<(Change, OwnedFd), PublishError> {
-        let Some(target_name) = target.file_name() else {
-            let e = FsError::new(ErrorCode::IsADirectory, "is a directory: /");
-            return Err(PublishError(e));
-        };
-        let err = |e| PublishError(FsError::from_errno(e, target));
-        let no_upload = || {
-            PublishError(FsError::new(
-                ErrorCode::NotFound,
-                format!("no upload in progress for {target}"),
-            ))
-        };
+        target_name(target)?;
         let tree = self.lock_tree();
         let partials = self
             .partial_dir(false)
-            .map_err(err)?
-            .ok_or_else(no_upload)?;
-        // Readable, not O_PATH: fsync needs a real descriptor.
-        let dir = self.open_parent(target, OFlags::RDONLY).map_err(|e| {
+            .map_err(|e| PublishError(FsError::from_errno(e, target)))?
+            .ok_or_else(|| no_upload(target))?;
+        let dir = self.publish_folder(target)?;
+        let watch = FolderWatch::new(&[&*partials, &dir]);
+        let change = rename_partial(&partials, &dir, target)?.and_folders(watch);
+        drop(tree);
+        Ok((change, dir))
+    }
+
+    /// The folder a publish renames `target` into, readable (not `O_PATH`)
+    /// since fsync needs a real descriptor.
+    pub(super) fn publish_folder(&self, target: &VPath) -> Result<OwnedFd, PublishError> {
+        self.open_parent(target, OFlags::RDONLY).map_err(|e| {
             let folder = target.parent().unwrap_or_else(VPath::root);
             PublishError(match e.code {
                 ErrorCode::NotFound | ErrorCode::NotADirectory => FsError::new(
@@ -230,66 +201,7 @@ impl Jail {
                 ),
                 _ => e,
             })
-        })?;
-        let replaced = match lstat_at(&dir, target_name) {
-            Ok(st) if file_type(&st) == FileType::Directory => return Err(err(Errno::ISDIR)),
-            Ok(st) => removed(&st),
-            Err(Errno::NOENT) => Change::default(),
-            Err(e) => return Err(err(e)),
-        };
-        let name = Jail::partial_name(target);
-        let watch = FolderWatch::new(&[&*partials, &dir]);
-        rustix::fs::renameat(&*partials, name.as_str(), &dir, target_name).map_err(|e| {
-            match lstat_at(&partials, &name) {
-                Err(Errno::NOENT) => no_upload(),
-                _ => err(e),
-            }
-        })?;
-        let change = replaced.and_folders(watch);
-        drop(tree);
-        Ok((change, dir))
-    }
-
-    /// Stores a whole small file in the partial for `target`: opens it
-    /// (emptied), writes `data`, sets the modification time and remembers
-    /// the CRC32 ([`super::stamp`]). Not synced: the caller syncs a batch
-    /// of these together. On failure the partial is removed; the error
-    /// comes with what the attempt did to the home's cost.
-    pub fn write_partial(
-        &self,
-        target: &VPath,
-        data: &[u8],
-        mtime: Option<i64>,
-        crc: u32,
-    ) -> Result<(File, Change), (FsError, Change)> {
-        let opened = self
-            .open_partial(target, None)
-            .map_err(|e| (e, Change::default()))?;
-        let len = data.len() as u64;
-        let grown = usage::file_charge(len) - usage::file_charge(0);
-        let change = opened.change.and(Change::new(signed(grown), 0));
-        let written = opened
-            .file
-            .write_all_at(data, 0)
-            .and_then(|()| mtime.map_or(Ok(()), |ns| super::stamp::set_mtime(&opened.file, ns)));
-        match written {
-            Ok(()) => {
-                super::stamp::write_stamp(&opened.file, crc);
-                Ok((opened.file, change))
-            }
-            Err(e) => {
-                let err = FsError::from_io(&e, target);
-                // What really landed is what the removal frees.
-                let landed = opened.file.metadata().map_or(0, |m| m.len());
-                let change = opened.change.and(Change::new(
-                    signed(usage::file_charge(landed) - usage::file_charge(0)),
-                    0,
-                ));
-                drop(opened.file);
-                let removed = self.remove_partial(target).unwrap_or_default();
-                Err((err, change.and(removed)))
-            }
-        }
+        })
     }
 
     /// Deletes partials whose mtime is at least `max_age` old, except those
@@ -356,7 +268,7 @@ impl Jail {
     /// The descriptor is kept between uploads (one `fstat` checks it is
     /// still linked, in case someone removed the folder), which saves a
     /// path walk, a `mkdirat` and a `close` per upload.
-    fn partial_dir(&self, create: bool) -> Result<Option<Arc<OwnedFd>>, Errno> {
+    pub(super) fn partial_dir(&self, create: bool) -> Result<Option<Arc<OwnedFd>>, Errno> {
         let mut cached = self.partials.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = cached.as_ref() {
             match rustix::fs::fstat(&**fd) {
@@ -393,4 +305,87 @@ impl Jail {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Opens the partial for `target` in `dir`, the partials folder (created
+/// if missing, emptied unless it holds at most `keep_up_to` bytes). The
+/// change counts the file, not the folder's growth. The caller holds the
+/// tree lock.
+pub(super) fn open_partial_in(
+    dir: &OwnedFd,
+    target: &VPath,
+    keep_up_to: Option<u64>,
+) -> Result<OpenedPartial, FsError> {
+    let err = |e| FsError::from_errno(e, target);
+    let name = Jail::partial_name(target);
+    let existed = lstat_at(dir, &name).is_ok();
+    // O_NONBLOCK so that a FIFO planted under the partial's name cannot
+    // stall the server; fstat then refuses it.
+    let fd = open_beneath(
+        dir.as_fd(),
+        &name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::from_raw_mode(PARTIAL_MODE),
+    )
+    .map_err(err)?;
+    let st = rustix::fs::fstat(&fd).map_err(err)?;
+    check_regular(&st, target)?;
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(err)?;
+    let file = File::from(fd);
+    let mut existing = regular_size(&st);
+    let mut change = Change::default();
+    if !existed {
+        change = Change::new(signed(usage::file_charge(existing)), 1);
+    }
+    if existing > 0 && keep_up_to.is_none_or(|keep| existing > keep) {
+        file.set_len(0).map_err(|e| FsError::from_io(&e, target))?;
+        let freed = usage::file_charge(existing) - usage::file_charge(0);
+        change = change.and(Change::new(-signed(freed), 0));
+        existing = 0;
+    }
+    Ok(OpenedPartial {
+        file,
+        existing,
+        change,
+    })
+}
+
+/// Renames the partial for `target` out of `partials` into `dir`, the
+/// target's folder; the change is what it replaced. The caller holds the
+/// tree lock and measures the folders' growth.
+pub(super) fn rename_partial(
+    partials: &OwnedFd,
+    dir: &OwnedFd,
+    target: &VPath,
+) -> Result<Change, PublishError> {
+    let target_name = target_name(target)?;
+    let err = |e| PublishError(FsError::from_errno(e, target));
+    let replaced = match lstat_at(dir, target_name) {
+        Ok(st) if file_type(&st) == FileType::Directory => return Err(err(Errno::ISDIR)),
+        Ok(st) => removed(&st),
+        Err(Errno::NOENT) => Change::default(),
+        Err(e) => return Err(err(e)),
+    };
+    let name = Jail::partial_name(target);
+    rustix::fs::renameat(partials, name.as_str(), dir, target_name).map_err(|e| match lstat_at(
+        partials, &name,
+    ) {
+        Err(Errno::NOENT) => no_upload(target),
+        _ => err(e),
+    })?;
+    Ok(replaced)
+}
+
+/// The name a publish gives its file: `/` is a folder.
+fn target_name(target: &VPath) -> Result<&str, PublishError> {
+    target
+        .file_name()
+        .ok_or_else(|| PublishError(FsError::new(ErrorCode::IsADirectory, "is a directory: /")))
+}
+
+pub(super) fn no_upload(target: &VPath) -> PublishError {
+    PublishError(FsError::new(
+        ErrorCode::NotFound,
+        format!("no upload in progress for {target}"),
+    ))
 }

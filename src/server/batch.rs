@@ -22,7 +22,6 @@
 //! has been answered, so replies keep the order of requests.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,6 +88,11 @@ pub enum Stored {
     Refused {
         code: ErrorCode,
         message: String,
+    },
+    /// What the batch did to the size of the folders it wrote in, measured
+    /// once for the whole batch: answered with nothing, only counted.
+    Folders {
+        change: Change,
     },
 }
 
@@ -281,11 +285,14 @@ pub fn pump(st: &mut State, tx: &Buffer, ctx: &mut Ctx, tx_high: usize) {
         .submit(Lane::Sync, &user, st.key, st.generation, Box::new(job));
 }
 
-/// Stores a batch (on a helper thread): write each file to its partial,
-/// sync them all, publish each, sync each folder once.
+/// Stores a batch (on a helper thread): under the tree lock look at each
+/// target and make each partial, then write them all, sync them all, and
+/// under the lock again publish each; then sync each folder once. The
+/// last item is what the batch did to its folders' sizes.
 pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
-    let mut out = Vec::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len() + 1);
     let mut written: Vec<(usize, File)> = Vec::new();
+    let mut creating = jail.create_small();
     for item in items {
         let mut f = match item {
             Item::Refused { code, message } => {
@@ -293,14 +300,13 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
                 continue;
             }
             Item::Folder { path, reserved } => {
-                let result = jail.mkdir(&path);
+                let result = creating.mkdir(&path);
                 out.push(Stored::Folder { reserved, result });
                 continue;
             }
             Item::File(f) => f,
         };
-        let data = std::mem::take(&mut f.data);
-        let (change, result) = match jail.small_target(&f.path, f.size, f.crc32, f.mtime) {
+        let (change, result) = match creating.target(&f.path, f.size, f.crc32, f.mtime) {
             Ok(Target::Same) => (Change::default(), Ok(Kept::Unchanged)),
             Err(e) => (Change::default(), Err(e)),
             Ok(Target::Other) => match f.over_quota.take() {
@@ -308,12 +314,12 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
                     let e = FsError::new(ErrorCode::QuotaExceeded, message);
                     (Change::default(), Err(e))
                 }
-                None => match jail.write_partial(&f.path, &data, f.mtime, f.crc32) {
+                None => match creating.create(&f.path) {
                     Ok((file, change)) => {
                         written.push((out.len(), file));
                         (change, Ok(Kept::Published))
                     }
-                    Err((e, change)) => (change, Err(e)),
+                    Err(e) => (Change::default(), Err(e)),
                 },
             },
         };
@@ -323,6 +329,27 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
             result,
         });
     }
+    let mut grown = creating.finish();
+    written.retain(|(i, file)| {
+        let Stored::File {
+            file: f,
+            change,
+            result,
+        } = &mut out[*i]
+        else {
+            return false;
+        };
+        let data = std::mem::take(&mut f.data);
+        let (wrote, done) = jail.write_small(&f.path, file, &data, f.mtime, f.crc32);
+        *change = change.and(wrote);
+        match done {
+            Ok(()) => true,
+            Err(e) => {
+                *result = Err(e);
+                false
+            }
+        }
+    });
     // Data first, then names: an answered file is on disk. One syncfs
     // makes the whole batch durable with one journal commit, where a sync
     // per file would pay one each; should it fail, syncing each file
@@ -338,33 +365,39 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
             }),
         }
     }
-    let mut folders: Vec<(VPath, OwnedFd, Vec<usize>)> = Vec::new();
+    let mut publishing = jail.publish_small();
+    let mut in_folder: Vec<Vec<usize>> = Vec::new();
+    let mut unpublished = Vec::new();
     for i in synced {
         let Stored::File { file, change, .. } = &mut out[i] else {
             continue;
         };
-        match jail.publish_partial_unsynced(&file.path) {
-            Ok((published, dir)) => {
-                *change = change.and(published);
-                let parent = file.path.parent().unwrap_or_else(VPath::root);
-                match folders.iter_mut().find(|(p, _, _)| *p == parent) {
-                    Some((_, _, files)) => files.push(i),
-                    None => folders.push((parent, dir, vec![i])),
+        match publishing.publish(&file.path) {
+            Ok((replaced, folder)) => {
+                *change = change.and(replaced);
+                if in_folder.len() <= folder {
+                    in_folder.resize_with(folder + 1, Vec::new);
                 }
+                in_folder[folder].push(i);
             }
-            Err(PublishError(e)) => fail(jail, &mut out[i], |path| {
-                FsError::new(e.code, format!("upload of {path} not saved: {}", e.message))
-            }),
+            Err(PublishError(e)) => unpublished.push((i, e)),
         }
+    }
+    let (renamed, folders) = publishing.finish();
+    grown = grown.and(renamed);
+    for (i, e) in unpublished {
+        fail(jail, &mut out[i], |path| {
+            FsError::new(e.code, format!("upload of {path} not saved: {}", e.message))
+        });
     }
     // The new names: one syncfs for several folders, else each folder's
     // own sync (which also tells which folder failed).
-    let together = folders.len() > 1 && rustix::fs::syncfs(&folders[0].1).is_ok();
-    for (_, dir, files) in folders {
+    let together = folders.len() > 1 && rustix::fs::syncfs(&folders[0]).is_ok();
+    for (dir, files) in folders.iter().zip(in_folder) {
         if let Err(e) = if together {
             Ok(())
         } else {
-            rustix::fs::fsync(&dir)
+            rustix::fs::fsync(dir)
         } {
             for i in files {
                 if let Stored::File { file, result, .. } = &mut out[i] {
@@ -377,6 +410,7 @@ pub fn store(jail: &Jail, items: Vec<Item>) -> Vec<Stored> {
             }
         }
     }
+    out.push(Stored::Folders { change: grown });
     out
 }
 
@@ -441,6 +475,10 @@ fn answer(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, results: Vec<Stored>) 
     for stored in results {
         match stored {
             Stored::Refused { code, message } => ctx.send_error(tx, code, &short(&message)),
+            Stored::Folders { change } => {
+                let user = st.user().to_owned();
+                ctx.accounts.apply(&user, change);
+            }
             Stored::Folder { reserved, result } => {
                 let user = st.user().to_owned();
                 match settle_folder(ctx, &user, reserved, result) {
@@ -527,6 +565,7 @@ pub fn orphan_stored(ctx: &mut Ctx, user: &str, results: Vec<Stored>) {
             } => {
                 let _ = settle_folder(ctx, user, reserved, result);
             }
+            Stored::Folders { change } => ctx.accounts.apply(user, change),
             Stored::Refused { .. } => {}
         }
     }
@@ -576,25 +615,32 @@ mod tests {
         let (mut bytes, mut entries) = (0, 0);
         let names = results
             .iter()
-            .map(|r| match r {
-                Stored::Refused { .. } => "refused".to_owned(),
-                Stored::Folder { result, .. } => match result {
-                    Ok(change) => {
+            .filter_map(|r| {
+                Some(match r {
+                    Stored::Folders { change } => {
                         bytes += change.bytes;
                         entries += change.entries;
-                        "folder".to_owned()
+                        return None;
                     }
-                    Err(e) => format!("{:?}", e.code),
-                },
-                Stored::File { change, result, .. } => {
-                    bytes += change.bytes;
-                    entries += change.entries;
-                    match result {
-                        Ok(Kept::Published) => "published".to_owned(),
-                        Ok(Kept::Unchanged) => "unchanged".to_owned(),
+                    Stored::Refused { .. } => "refused".to_owned(),
+                    Stored::Folder { result, .. } => match result {
+                        Ok(change) => {
+                            bytes += change.bytes;
+                            entries += change.entries;
+                            "folder".to_owned()
+                        }
                         Err(e) => format!("{:?}", e.code),
+                    },
+                    Stored::File { change, result, .. } => {
+                        bytes += change.bytes;
+                        entries += change.entries;
+                        match result {
+                            Ok(Kept::Published) => "published".to_owned(),
+                            Ok(Kept::Unchanged) => "unchanged".to_owned(),
+                            Err(e) => format!("{:?}", e.code),
+                        }
                     }
-                }
+                })
             })
             .collect();
         (names, bytes, entries)
@@ -670,5 +716,20 @@ mod tests {
         assert_eq!(names, ["unchanged", "published"]);
         assert_eq!(bytes, 0, "replacing a file of the same size costs nothing");
         assert_eq!(std::fs::read(home.join("d1/c")).unwrap(), vec![8u8; 5000]);
+
+        // A partial left by a broken streamed upload is emptied and used,
+        // and the figures still match a recount.
+        let left = jail.open_partial(&VPath::resolve(&VPath::root(), "/d2/left").unwrap(), None);
+        let left = left.unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&left.file, &[1u8; 9000], 0).unwrap();
+        drop(left);
+        let before = usage::tally(&home).unwrap();
+        let (names, bytes, entries) =
+            outcomes(&store(&jail, vec![item(&budget, "/d2/left", b"new", None)]));
+        assert_eq!(names, ["published"]);
+        assert_eq!(std::fs::read(home.join("d2/left")).unwrap(), b"new");
+        let after = usage::tally(&home).unwrap();
+        assert_eq!(after.bytes as i64 - before.bytes as i64, bytes);
+        assert_eq!(after.entries as i64 - before.entries as i64, entries);
     }
 }
