@@ -2,11 +2,13 @@
 //! `--utc`), in the format `ls -l` uses.
 //!
 //! The zone comes from `TZ`, else the system's (`/etc/localtime`), through
-//! jiff, which reads the system's time-zone database. It is chosen once at
-//! start: like the terminal's colours, it is a property of where ftpc runs,
-//! the same for every listing.
+//! jiff, which reads the system's time-zone database. It is chosen once,
+//! when first needed (finding the system's zone reads the database, some
+//! milliseconds a transfer need not pay): like the terminal's colours, it
+//! is a property of where ftpc runs, the same for every listing.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -17,18 +19,23 @@ const SIX_MONTHS_SECS: i64 = 31_556_952 / 2;
 
 static ZONE: OnceLock<TimeZone> = OnceLock::new();
 
+static UTC: AtomicBool = AtomicBool::new(false);
+
 /// Chooses the zone for this run: UTC, or the local one.
 pub fn init(utc: bool) {
-    let _ = ZONE.set(if utc {
-        TimeZone::UTC
-    } else {
-        TimeZone::system()
-    });
+    UTC.store(utc, Ordering::Relaxed);
 }
 
 /// The zone chosen by [`init`] (the local one if it was not called).
 pub fn zone() -> TimeZone {
-    ZONE.get_or_init(TimeZone::system).clone()
+    ZONE.get_or_init(|| {
+        if UTC.load(Ordering::Relaxed) {
+            TimeZone::UTC
+        } else {
+            TimeZone::system()
+        }
+    })
+    .clone()
 }
 
 /// Seconds since the epoch, now.
