@@ -29,6 +29,10 @@ pub const MALLOC_HUGE_PAGES: &str = "glibc.malloc.hugetlb=1";
 /// Call first thing in `main`: re-executes the binary with the `wanted`
 /// tunables added, unless each is set already or this is not x86-64 glibc.
 /// If the re-exec fails, the process simply goes on as it is.
+///
+/// Running through `/proc/self/exe` would leave the process named "exe"
+/// (what `ps`, `top` and `pkill ftpd` go by), so the re-executed process
+/// takes back its binary's name.
 pub fn apply(wanted: &[&str]) {
     if !cfg!(all(
         target_arch = "x86_64",
@@ -39,6 +43,7 @@ pub fn apply(wanted: &[&str]) {
     }
     let current = std::env::var_os(VARIABLE);
     let Some(value) = with_tunables(current.as_ref(), wanted) else {
+        restore_name();
         return;
     };
     let mut args = std::env::args_os();
@@ -49,6 +54,19 @@ pub fn apply(wanted: &[&str]) {
         .args(args)
         .env(VARIABLE, value)
         .exec();
+}
+
+/// Names the process after its binary, as a plain `exec` of it would.
+fn restore_name() {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let Some(name) = exe.file_name() else { return };
+    // The kernel keeps 15 bytes of a name; so does `exec`.
+    let bytes: Vec<u8> = name.as_encoded_bytes().iter().copied().take(15).collect();
+    if let Ok(name) = std::ffi::CString::new(bytes) {
+        let _ = rustix::thread::set_name(&name);
+    }
 }
 
 /// `current` with the `wanted` tunables whose names it lacks appended, or

@@ -590,7 +590,7 @@ fn a_deleted_users_running_session_finishes() {
 /// `ftpd::glibc_tunables`), and keeps the tunables it was started with.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 #[test]
-fn the_server_runs_with_memcpy_tuned_and_keeps_given_tunables() {
+fn the_server_runs_with_memcpy_tuned_under_its_own_name_and_keeps_given_tunables() {
     use ftpd::glibc_tunables::MEMCPY_VECTOR;
     // glibc splits the variable at ':' in place, so look at the raw bytes.
     let environ = |server: &TestServer| {
@@ -601,6 +601,10 @@ fn the_server_runs_with_memcpy_tuned_and_keeps_given_tunables() {
     let server = TestServer::start(&data, &[]);
     let env = environ(&server);
     assert!(env.contains(MEMCPY_VECTOR), "{env}");
+    // Re-executed through /proc/self/exe, it still goes by its own name
+    // for ps, top and pkill.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.child.id())).unwrap();
+    assert_eq!(comm.trim_end(), "ftpd");
     drop(server);
 
     let server = TestServer::start_with_env(&data, &[("GLIBC_TUNABLES", "glibc.malloc.perturb=7")]);
