@@ -307,8 +307,13 @@ impl<'a> Engine<'a> {
         self.report.finish(fatal)
     }
 
-    /// Sends requests while the window has room and the walk has work.
+    /// Sends requests while the window has room and the walk has work,
+    /// once it is down to half: topping it up by one request per answer
+    /// would write (and encrypt) each request on its own.
     fn fill(&mut self) -> anyhow::Result<()> {
+        if self.window.len() > WINDOW / 2 {
+            return Ok(());
+        }
         while !self.paging && self.window.len() < WINDOW && self.in_flight < WINDOW_BYTES {
             let Some(action) = self.next_action() else {
                 break;
