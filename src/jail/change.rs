@@ -109,10 +109,23 @@ impl<'a> FolderWatch<'a> {
     fn delta(&self) -> i64 {
         self.folders
             .iter()
-            .map(|&(fd, _, before)| match rustix::fs::fstat(fd) {
-                Ok(st) => signed(usage::charge(&st)).saturating_sub(signed(before)),
-                Err(_) => 0,
-            })
+            .map(|&(fd, _, before)| grown_since(fd, Some(before)))
             .fold(0i64, i64::saturating_add)
+    }
+}
+
+/// A folder's cost now; `None` if it cannot be read (it then counts no
+/// growth). For changes that meet their folders as they go, where a
+/// [`FolderWatch`] made up front cannot serve.
+pub fn folder_cost(fd: impl AsFd) -> Option<u64> {
+    rustix::fs::fstat(fd).ok().map(|st| usage::charge(&st))
+}
+
+/// How much a folder's cost grew since it was `before` (from
+/// [`folder_cost`]); 0 if either could not be read.
+pub fn grown_since(fd: impl AsFd, before: Option<u64>) -> i64 {
+    match (before, folder_cost(fd)) {
+        (Some(before), Some(now)) => signed(now).saturating_sub(signed(before)),
+        _ => 0,
     }
 }

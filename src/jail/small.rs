@@ -18,7 +18,7 @@ use std::sync::{Arc, MutexGuard};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::change::{FileId, signed};
+use super::change::{FileId, folder_cost, grown_since, signed};
 use super::partial::{PARTIAL_MODE, no_upload, open_partial_in, rename_partial};
 use super::{
     Change, FsError, Jail, PublishError, VPath, check_regular, file_type, lstat_at, open_beneath,
@@ -34,20 +34,6 @@ pub enum Target {
     Same,
     /// Nothing, or another file: a new one may replace it.
     Other,
-}
-
-/// A folder's cost now; `None` if it cannot be read (it then counts no
-/// growth, as with `FolderWatch`).
-fn cost(fd: impl AsFd) -> Option<u64> {
-    rustix::fs::fstat(fd).ok().map(|st| usage::charge(&st))
-}
-
-/// How much a folder grew since it cost `before`.
-fn growth(fd: impl AsFd, before: Option<u64>) -> i64 {
-    match (before, cost(fd)) {
-        (Some(before), Some(now)) => signed(now).saturating_sub(signed(before)),
-        _ => 0,
-    }
 }
 
 /// The first hold of a batch: targets looked at, partials made.
@@ -214,7 +200,7 @@ impl Creating<'_> {
             None => {
                 let (dir, made) = self.jail.partials_for_writing().map_err(err)?;
                 self.made = made;
-                self.partials = Some((Arc::clone(&dir), cost(&*dir)));
+                self.partials = Some((Arc::clone(&dir), folder_cost(&*dir)));
                 dir
             }
         };
@@ -242,7 +228,7 @@ impl Creating<'_> {
     /// (and making it, if this batch did).
     pub fn finish(self) -> Change {
         let grown = match &self.partials {
-            Some((dir, before)) => growth(&**dir, *before),
+            Some((dir, before)) => grown_since(&**dir, *before),
             None => 0,
         };
         self.made.and(Change::new(grown, 0))
@@ -263,7 +249,7 @@ impl Publishing<'_> {
                     .partial_dir(false)
                     .map_err(|e| PublishError(FsError::from_errno(e, target)))?
                     .ok_or_else(|| no_upload(target))?;
-                self.partials = Some((Arc::clone(&dir), cost(&*dir)));
+                self.partials = Some((Arc::clone(&dir), folder_cost(&*dir)));
                 dir
             }
         };
@@ -272,7 +258,7 @@ impl Publishing<'_> {
             Some(i) => i,
             None => {
                 let dir = self.jail.publish_folder(target)?;
-                let before = cost(&dir);
+                let before = folder_cost(&dir);
                 self.folders.push((parent, dir, before));
                 self.folders.len() - 1
             }
@@ -285,12 +271,12 @@ impl Publishing<'_> {
     /// target folders (readable) for the caller to sync, in index order.
     pub fn finish(self) -> (Change, Vec<OwnedFd>) {
         let mut grown = match &self.partials {
-            Some((dir, before)) => growth(&**dir, *before),
+            Some((dir, before)) => grown_since(&**dir, *before),
             None => 0,
         };
         let mut folders = Vec::with_capacity(self.folders.len());
         for (_, dir, before) in self.folders {
-            grown = grown.saturating_add(growth(&dir, before));
+            grown = grown.saturating_add(grown_since(&dir, before));
             folders.push(dir);
         }
         (Change::new(grown, 0), folders)
