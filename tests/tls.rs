@@ -431,6 +431,31 @@ fn garbage_stalled_and_flooding_handshakes_leave_others_served() {
     assert!(ping_ok(&server) < Duration::from_secs(5));
 }
 
+#[test]
+fn handshakes_that_stall_in_every_slot_hold_them_briefly_and_starve_no_one() {
+    // A login time-out far beyond the test's: only the end of the slots'
+    // lease can let the next handshake in.
+    let (_data, server) = site(&["--login-timeout", "600"]);
+    // Well over the server's 64 handshake slots, each taken by a record
+    // header whose body never comes.
+    let stalled: Vec<TcpStream> = (0..200)
+        .filter_map(|i| {
+            let source = format!("127.0.0.{}:0", 2 + i % 4);
+            let mut s = socket2_connect(&source, server.addr)?;
+            s.write_all(&[0x16, 3, 1, 2, 0]).ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(
+        stalled.len() > 128,
+        "the stalled handshakes could not connect"
+    );
+    // The session's handshake would fail after its 20 s read timeout.
+    let took = ping_ok(&server);
+    assert!(took < Duration::from_secs(10), "ping took {took:?}");
+    drop(stalled);
+}
+
 /// Connects from `source` (a loopback address) to `to`.
 fn socket2_connect(source: &str, to: std::net::SocketAddr) -> Option<TcpStream> {
     use rustix::net::{AddressFamily, SocketType};

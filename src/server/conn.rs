@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::pacing::Slot;
 use super::session::{self, Ctx, Phase, State};
 use crate::buf::{Buffer, Io};
 use crate::frame;
@@ -210,7 +211,20 @@ pub struct Conn {
     write_shut: bool,
     /// Bytes moved by the last call of [`Conn::drive`].
     moved: usize,
+    /// Its place with the handshake pacer.
+    pub slot: Slot,
     pub st: State,
+}
+
+/// What a look at a socket shows without reading from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing has arrived.
+    Nothing,
+    /// Bytes wait to be read.
+    Bytes,
+    /// The peer closed, or the socket failed: reading will tell.
+    EndOrError,
 }
 
 impl Conn {
@@ -235,6 +249,7 @@ impl Conn {
             peer_eof: false,
             write_shut: false,
             moved: 0,
+            slot: Slot::default(),
             st: State::new(peer, key, generation, now, encrypted),
         }
     }
@@ -470,6 +485,21 @@ impl Conn {
     }
 
     /// The session's deadline: when a timeout (or a delayed reply) is due.
+    /// Whether the TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.link.is_handshaking()
+    }
+
+    /// Whether input waits in the socket, without taking it.
+    pub fn pending(&self) -> Pending {
+        match self.stream.peek(&mut [0u8; 1]) {
+            Ok(0) => Pending::EndOrError,
+            Ok(_) => Pending::Bytes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Pending::Nothing,
+            Err(_) => Pending::EndOrError,
+        }
+    }
+
     pub fn deadline(&self, ctx: &Ctx) -> Instant {
         self.st.deadline(&ctx.cfg)
     }

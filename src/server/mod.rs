@@ -17,6 +17,7 @@ pub mod guard;
 #[doc(hidden)]
 pub mod harness;
 pub mod log;
+mod pacing;
 mod session;
 mod timers;
 mod transfer;
@@ -37,9 +38,10 @@ use slab::Slab;
 
 use self::accounts::Accounts;
 use self::addr::AddrKey;
-use self::conn::{Conn, Drive};
+use self::conn::{Conn, Drive, Pending};
 pub use self::guard::GuardConfig;
 use self::guard::LoginGuard;
+use self::pacing::{Pacer, Slot, SlotTable};
 use self::session::{Ctx, JobResult};
 use self::timers::Timers;
 use self::worker::{Lane, Step, Worker};
@@ -108,6 +110,8 @@ pub struct Server {
     /// handled in place (see `Conn::read`).
     scratch: Buffer,
     timers: Timers,
+    /// Limits the TLS handshakes worked on at once.
+    pacer: Pacer,
     ready: VecDeque<(usize, u64)>,
     /// Bytes each user's connections moved in this pass (see
     /// [`conn::USER_PASS_BUDGET`]).
@@ -164,6 +168,7 @@ impl Server {
             ctx: Ctx::new(cfg, accounts, guard, worker),
             scratch: shared_scratch(),
             timers: Timers::default(),
+            pacer: Pacer::default(),
             ready: VecDeque::new(),
             user_pass: HashMap::new(),
             per_ip: HashMap::new(),
@@ -219,8 +224,10 @@ impl Server {
                 }
             }
             self.on_jobs();
+            self.refill_slots();
             self.run_ready();
             self.run_timers();
+            self.refill_slots();
             if self.accept_paused && self.conns.len() < self.ctx.cfg.max_conns {
                 self.accept();
             }
@@ -241,6 +248,10 @@ impl Server {
             .map(|at| at.saturating_duration_since(Instant::now()));
         if self.accept_paused {
             timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
+        }
+        if let Some(at) = self.pacer.next_expiry() {
+            let lease = at.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(lease, |t| t.min(lease)));
         }
         let sweep = self.next_sweep.saturating_duration_since(Instant::now());
         Some(timeout.map_or(sweep, |t| t.min(sweep)))
@@ -348,6 +359,9 @@ impl Server {
 
     /// Drives one connection and acts on the outcome.
     fn drive(&mut self, key: usize, generation: u64) {
+        if !self.paced(key, generation) {
+            return;
+        }
         let Some(conn) = self
             .conns
             .get_mut(key)
@@ -367,6 +381,9 @@ impl Server {
             return;
         }
         let outcome = conn.drive(&mut self.ctx, &mut self.scratch);
+        if conn.slot == Slot::Holding && !conn.is_handshaking() {
+            self.pacer.release(&mut conn.slot);
+        }
         if let Some(login) = &conn.st.login {
             let moved = conn.moved();
             match self.user_pass.get_mut(&login.user) {
@@ -384,6 +401,42 @@ impl Server {
             }
             Drive::Close => self.close(key),
         }
+    }
+
+    /// Whether the handshake pacer lets a connection be driven now: a TLS
+    /// connection takes a slot once its first bytes are there, or waits
+    /// for one (see [`pacing`]).
+    fn paced(&mut self, key: usize, generation: u64) -> bool {
+        let Some(conn) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.st.generation == generation)
+        else {
+            return false;
+        };
+        match conn.slot {
+            Slot::Holding | Slot::Done => true,
+            Slot::Waiting => false,
+            Slot::Unasked if !conn.is_handshaking() => {
+                conn.slot = Slot::Done;
+                true
+            }
+            Slot::Unasked => match conn.pending() {
+                // Its readable event comes when something arrives.
+                Pending::Nothing => false,
+                // Reading will find the end and close: no slot needed.
+                Pending::EndOrError => true,
+                Pending::Bytes => self
+                    .pacer
+                    .ask(&mut conn.slot, key, generation, self.ctx.now),
+            },
+        }
+    }
+
+    /// Admits waiting handshakes into the slots free now.
+    fn refill_slots(&mut self) {
+        self.pacer
+            .refill(&mut self.conns, self.ctx.now, &mut self.ready);
     }
 
     /// Makes sure the timer heap holds the connection's current deadline.
@@ -421,7 +474,15 @@ impl Server {
             }
             conn.st.armed = None;
             let deadline = conn.deadline(&self.ctx);
-            let outcome = if deadline <= now {
+            let outcome = if deadline <= now && conn.slot == Slot::Waiting {
+                // Nothing was read from it: there is nobody to tell.
+                log!(
+                    Info,
+                    "{}: login timed out waiting to be served",
+                    conn.st.peer
+                );
+                Drive::Close
+            } else if deadline <= now {
                 conn.on_timeout(&mut self.ctx, &mut self.scratch)
             } else {
                 Drive::Idle
@@ -463,6 +524,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        self.pacer.release(&mut conn.slot);
         self.ctx.fds.set_conns(self.conns.len());
         let _ = self.poll.registry().deregister(&mut conn.stream);
         session::closed(&mut conn.st, &mut self.ctx);
@@ -579,5 +641,13 @@ fn turn_away(stream: TcpStream, peer: SocketAddr, message: &str) {
     };
     if let Ok(bytes) = crate::frame::encode(&reply) {
         let _ = io::Write::write(&mut &stream, &bytes);
+    }
+}
+
+impl SlotTable for Slab<Conn> {
+    fn slot(&mut self, key: usize, generation: u64) -> Option<&mut Slot> {
+        self.get_mut(key)
+            .filter(|c| c.st.generation == generation)
+            .map(|c| &mut c.slot)
     }
 }
