@@ -484,7 +484,6 @@ impl Conn {
         Drive::Close
     }
 
-    /// The session's deadline: when a timeout (or a delayed reply) is due.
     /// Whether the TLS handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
         self.link.is_handshaking()
@@ -500,6 +499,7 @@ impl Conn {
         }
     }
 
+    /// The session's deadline: when a timeout (or a delayed reply) is due.
     pub fn deadline(&self, ctx: &Ctx) -> Instant {
         self.st.deadline(&ctx.cfg)
     }

@@ -359,9 +359,6 @@ impl Server {
 
     /// Drives one connection and acts on the outcome.
     fn drive(&mut self, key: usize, generation: u64) {
-        if !self.paced(key, generation) {
-            return;
-        }
         let Some(conn) = self
             .conns
             .get_mut(key)
@@ -369,6 +366,9 @@ impl Server {
         else {
             return;
         };
+        if !paced(&mut self.pacer, conn, key, self.ctx.now) {
+            return;
+        }
         let user = conn.st.login.as_ref().map(|l| l.user.as_str());
         let spent = user
             .and_then(|u| self.user_pass.get(u))
@@ -400,36 +400,6 @@ impl Server {
                 self.ready.push_back((key, generation));
             }
             Drive::Close => self.close(key),
-        }
-    }
-
-    /// Whether the handshake pacer lets a connection be driven now: a TLS
-    /// connection takes a slot once its first bytes are there, or waits
-    /// for one (see [`pacing`]).
-    fn paced(&mut self, key: usize, generation: u64) -> bool {
-        let Some(conn) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.st.generation == generation)
-        else {
-            return false;
-        };
-        match conn.slot {
-            Slot::Holding | Slot::Done => true,
-            Slot::Waiting => false,
-            Slot::Unasked if !conn.is_handshaking() => {
-                conn.slot = Slot::Done;
-                true
-            }
-            Slot::Unasked => match conn.pending() {
-                // Its readable event comes when something arrives.
-                Pending::Nothing => false,
-                // Reading will find the end and close: no slot needed.
-                Pending::EndOrError => true,
-                Pending::Bytes => self
-                    .pacer
-                    .ask(&mut conn.slot, key, generation, self.ctx.now),
-            },
         }
     }
 
@@ -641,6 +611,27 @@ fn turn_away(stream: TcpStream, peer: SocketAddr, message: &str) {
     };
     if let Ok(bytes) = crate::frame::encode(&reply) {
         let _ = io::Write::write(&mut &stream, &bytes);
+    }
+}
+
+/// Whether the handshake pacer lets connection `key` be driven now: a TLS
+/// connection takes a slot once its first bytes are there, or waits for
+/// one (see [`pacing`]).
+fn paced(pacer: &mut Pacer, conn: &mut Conn, key: usize, now: Instant) -> bool {
+    match conn.slot {
+        Slot::Holding | Slot::Done => true,
+        Slot::Waiting => false,
+        Slot::Unasked if !conn.is_handshaking() => {
+            conn.slot = Slot::Done;
+            true
+        }
+        Slot::Unasked => match conn.pending() {
+            // Its readable event comes when something arrives.
+            Pending::Nothing => false,
+            // Reading will find the end and close: no slot needed.
+            Pending::EndOrError => true,
+            Pending::Bytes => pacer.ask(&mut conn.slot, key, conn.st.generation, now),
+        },
     }
 }
 

@@ -67,12 +67,11 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// Asks for a slot for a connection whose first bytes have arrived;
-    /// returns whether it got one (otherwise it is queued).
+    /// Asks for a slot for a connection that has not asked before and
+    /// whose first bytes have arrived; returns whether it got one
+    /// (otherwise it is queued).
     pub fn ask(&mut self, slot: &mut Slot, key: usize, generation: u64, now: Instant) -> bool {
-        if *slot != Slot::Unasked {
-            return *slot != Slot::Waiting;
-        }
+        debug_assert_eq!(*slot, Slot::Unasked);
         if self.holding < SLOTS && self.waiting.is_empty() {
             self.grant(slot, key, generation, now);
             true
