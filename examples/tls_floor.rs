@@ -137,41 +137,45 @@ fn feed<D>(conn: &mut rustls::ConnectionCommon<D>, mut wire: &[u8]) -> Result<()
     Ok(())
 }
 
-/// Streams `bytes` from server to client; returns the sealing and the
-/// opening time.
+/// Streams `bytes` from server to client the way the server streams a
+/// download: rustls holds at most `SEND_BUFFER_LIMIT` of records, which go
+/// out before it takes more. Returns the sealing and the opening time.
 fn stream(
     server: &mut ServerConnection,
     client: &mut ClientConnection,
     bytes: usize,
 ) -> Result<(Duration, Duration)> {
-    server.set_buffer_limit(None);
+    server.set_buffer_limit(Some(tls::SEND_BUFFER_LIMIT));
     let piece = vec![0x5au8; PIECE];
     let mut out = vec![0u8; PIECE];
-    let mut wire = Vec::with_capacity(2 * PIECE);
+    let mut wire = Vec::with_capacity(2 * tls::SEND_BUFFER_LIMIT);
     let (mut seal, mut open) = (Duration::ZERO, Duration::ZERO);
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(PIECE);
+    let mut sent = 0;
+    let mut received = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(PIECE);
         let start = Instant::now();
-        server.writer().write_all(&piece[..n])?;
+        let taken = server.writer().write(&piece[..n])?;
         seal += start.elapsed();
+        if taken == 0 {
+            return Err("rustls took nothing with its records all sent".into());
+        }
+        sent += taken;
         wire.clear();
         while server.wants_write() {
             server.write_tls(&mut wire)?;
         }
         let start = Instant::now();
-        let mut got = 0;
         let mut records = &wire[..];
         while !records.is_empty() {
             client.read_tls(&mut records)?;
             client.process_new_packets()?;
-            got += drain(client, &mut out)?;
+            received += drain(client, &mut out)?;
         }
         open += start.elapsed();
-        if got != n {
-            return Err(format!("sent {n} bytes, received {got}").into());
-        }
-        left -= n;
+    }
+    if received != bytes {
+        return Err(format!("sent {bytes} bytes, received {received}").into());
     }
     Ok((seal, open))
 }
