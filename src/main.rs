@@ -137,7 +137,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    ftpd::glibc_tunables::apply(&[ftpd::glibc_tunables::MEMCPY_VECTOR]);
+    ftpd::glibc_tunables::apply(&[
+        ftpd::glibc_tunables::MEMCPY_VECTOR,
+        ftpd::glibc_tunables::MALLOC_TRIM_THRESHOLD,
+    ]);
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::User(cmd)) => ftpd::admin::run(&cli.root, cmd),
