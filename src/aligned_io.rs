@@ -68,6 +68,23 @@ impl Stage {
         Ok(got)
     }
 
+    /// Reads up to `len` bytes into the aligned block itself (at most the
+    /// stage's capacity) until it is full or the input ends, and lends
+    /// them: for a caller that hands the bytes on with a copy of its own.
+    pub fn read_block(&mut self, input: &mut impl Read, len: usize) -> io::Result<&[u8]> {
+        let block = self.block(len);
+        let mut got = 0;
+        while got < block.len() {
+            match input.read(&mut block[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(&block[..got])
+    }
+
     /// Fills `out` exactly, or fails with `UnexpectedEof`.
     pub fn read_exact(&mut self, input: &mut impl Read, out: &mut [u8]) -> io::Result<()> {
         if self.read_full(input, out)? < out.len() {
@@ -115,6 +132,17 @@ mod tests {
         let mut short = vec![0; 10_001];
         let err = stage.read_exact(&mut &data[..], &mut short).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_block_read_lends_the_bytes_in_order_and_stops_at_the_end() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stage = Stage::new(8192);
+        let mut input = &data[..];
+        assert_eq!(stage.read_block(&mut input, 6000).unwrap(), &data[..6000]);
+        assert_eq!(stage.read_block(&mut input, 6000).unwrap(), &data[6000..]);
+        assert!(stage.read_block(&mut input, 6000).unwrap().is_empty());
+        assert_eq!(stage.read_block(&mut &data[..], 9000).unwrap().len(), 8192);
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub enum Io {
 #[error("buffer full")]
 pub struct Full;
 
+/// A way for bulk bytes past a connection's send buffer: the TLS layer,
+/// which seals plaintext as it takes it, so a download's chunk is copied
+/// once (into a record) instead of twice (into the buffer, then into a
+/// record). It may take fewer bytes than offered, or none.
+pub trait Bypass {
+    /// Takes a prefix of the bytes of `head` then `body`; returns how many.
+    fn take(&mut self, head: &[u8], body: &[u8]) -> io::Result<usize>;
+}
+
 /// Bytes a read asks the socket for at least, so small requests do not cost
 /// a syscall each.
 const READ_MIN: usize = 16 * 1024;

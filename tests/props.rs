@@ -604,6 +604,26 @@ proptest! {
     }
 }
 
+/// A download whose chunks go past the send buffer (as over TLS) arrives
+/// whole and in order however much of each the TLS layer takes.
+#[test]
+fn a_download_past_the_send_buffer_arrives_whole_and_in_order() {
+    let take = prop_oneof![
+        2 => Just(0usize),
+        // Within a chunk's header, or just past it.
+        2 => 1usize..16,
+        3 => 16usize..(2 * CHUNK_SIZE),
+        2 => Just(usize::MAX),
+    ];
+    let strategy = (vec(take, 1..8), 0usize..(3 * CHUNK_SIZE + 1000));
+    TestRunner::new(config(24))
+        .run(&strategy, |(takes, size)| {
+            shared::download_through_bypass(&takes, size);
+            Ok(())
+        })
+        .unwrap();
+}
+
 /// On a real home with symlinks to outside (to a folder, to a file, `..`,
 /// absolute, a loop): `stat`, `check_dir`, `list` and `open_read` show only
 /// what the tree holds without following a symlink.

@@ -634,6 +634,56 @@ impl SessionFixture {
     }
 }
 
+/// A download of a file of `size` bytes through a session whose chunks may
+/// go past the send buffer (as over TLS) into a stand-in that takes as
+/// many bytes as `takes` says, call after call: whatever it takes or
+/// refuses, the client receives `GetReady`, chunks that are exactly the
+/// file, in order, and a `GetDone` with the file's CRC32.
+pub fn download_through_bypass(takes: &[usize], size: usize) {
+    let fx = session_fixture();
+    let data = fx.data_dir();
+    let content: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
+    let home = data.path().join(HOMES_DIR).join(USER);
+    fs::write(home.join("big.bin"), &content).expect("write");
+    let mut h = Harness::with_bypass(data.path(), takes.to_vec()).expect("harness");
+    fx.log_in(&mut h);
+    let out = h.feed(Request::GetStart {
+        path: "/big.bin".to_owned(),
+        offset: 0,
+        prefix_crc: 0,
+    });
+    let all = replies(&out);
+    let Some((
+        Reply::GetReady {
+            size: told,
+            offset: 0,
+        },
+        rest,
+    )) = all.split_first()
+    else {
+        panic!("get start: {:?}", all.first());
+    };
+    assert_eq!(*told, size as u64);
+    let Some((Reply::GetDone { crc32 }, chunks)) = rest.split_last() else {
+        panic!("no GetDone at the end: {:?}", rest.last());
+    };
+    let mut got = Vec::with_capacity(size);
+    for reply in chunks {
+        match reply {
+            Reply::Chunk(bytes) => got.extend_from_slice(bytes),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+    assert!(
+        got == content,
+        "the chunks are not the file ({} of {size} bytes)",
+        got.len()
+    );
+    assert_eq!(*crc32, crc32fast::hash(&content));
+}
+
 /// Fuzz target `session`: the first byte's low bit says whether to log in
 /// first; the rest is the script, requests back to back in postcard.
 pub fn fuzz_session(data: &[u8]) {

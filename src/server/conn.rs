@@ -26,6 +26,7 @@ use super::session::{self, Ctx, Phase, State};
 use crate::buf::{Buffer, Io};
 use crate::frame;
 use crate::proto::{ErrorCode, MAX_FRAME, Reply, Request};
+use crate::tls::STREAM_SEND_LIMIT;
 use crate::tls::link::{INBOX_CAP, Link, LinkError, TLS_HANDSHAKE_RECORD};
 
 /// Receive buffer cap once logged in: one whole frame plus room to read the
@@ -54,12 +55,6 @@ const PRE_LOGIN_INBOX: usize = 4 * 1024;
 
 /// Send buffer cap while a download streams; pumping stops below it.
 pub const TX_XFER: usize = 1024 * 1024;
-
-/// Sealed TLS records a download may hold on top of `tx`: as much again.
-/// Each socket write takes what rustls holds, and writes of at most
-/// 64 KiB (17,560 per GiB) cost the server 7-12 % more CPU per get
-/// (paired runs; `perf`: system calls and the loopback's per-write work).
-const TLS_STREAM_RECORDS: usize = TX_XFER;
 
 /// Bytes one connection may move in one turn before others get theirs.
 const TURN_BUDGET: usize = 1024 * 1024;
@@ -107,14 +102,14 @@ impl Limits {
                 inbox: PRE_LOGIN_INBOX,
             }
         } else if st.phase.is_streaming() {
-            // A download: over TLS the stream's bytes wait both in `tx`
-            // and as sealed records, which then go out in large writes.
+            // A download: over TLS its chunks go straight into rustls
+            // (see `pump_download`), and out in large writes.
             Limits {
                 frame: MAX_FRAME,
                 rx: RX_CAP,
                 tx_high: TX_HIGH,
                 tx_cap: TX_XFER,
-                records: TLS_STREAM_RECORDS,
+                records: STREAM_SEND_LIMIT,
                 inbox: INBOX_CAP,
             }
         } else {
@@ -289,7 +284,8 @@ impl Conn {
             }
             moved += handle_frames(&mut self.st, &mut self.tx, ctx, &mut self.rx, &mut requests);
             let tx_high = Limits::of(&self.st).tx_high;
-            moved += session::pump(&mut self.st, &mut self.tx, ctx, tx_high);
+            let bypass = self.link.bypass();
+            moved += session::pump(&mut self.st, &mut self.tx, ctx, tx_high, bypass);
             match self.write() {
                 Ok(n) => moved += n,
                 Err(e) => return self.io_failed("write", &e),

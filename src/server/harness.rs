@@ -12,7 +12,7 @@ use super::guard::LoginGuard;
 use super::session::{self, Ctx, Phase, State};
 use super::worker::Worker;
 use super::{Config, GuardConfig};
-use crate::buf::Buffer;
+use crate::buf::{Buffer, Bypass};
 use crate::proto::Request;
 
 /// A session with its own users, disk helpers and send buffer.
@@ -20,6 +20,7 @@ pub struct Harness {
     ctx: Ctx,
     st: State,
     tx: Buffer,
+    bypass: Option<Scripted>,
     // The worker's waker is registered here; it must outlive the worker.
     _poll: Poll,
 }
@@ -57,8 +58,22 @@ impl Harness {
             ctx: Ctx::new(cfg, accounts, guard, worker),
             st: State::new(peer, 0, 1, Instant::now(), false),
             tx: Buffer::with_cap(crate::server::conn::TX_XFER),
+            bypass: None,
             _poll: poll,
         })
+    }
+
+    /// Like [`Harness::new`], with a stand-in for the TLS layer's way past
+    /// the send buffer that takes, call after call, as many bytes as
+    /// `takes` says in turn (0: none; more than offered: all).
+    pub fn with_bypass(root: &Path, takes: Vec<usize>) -> anyhow::Result<Harness> {
+        let mut harness = Harness::new(root)?;
+        harness.bypass = Some(Scripted {
+            takes,
+            turn: 0,
+            taken: Vec::new(),
+        });
+        Ok(harness)
     }
 
     /// True once the session decided to close.
@@ -90,7 +105,20 @@ impl Harness {
     fn settle(&mut self, out: &mut Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            while session::pump(&mut self.st, &mut self.tx, &mut self.ctx, 64 * 1024) > 0 {}
+            loop {
+                let bypass = self.bypass.as_mut().map(|b| b as &mut dyn Bypass);
+                let queued =
+                    session::pump(&mut self.st, &mut self.tx, &mut self.ctx, 64 * 1024, bypass);
+                // What the bypass took left before what waits in `tx`.
+                if let Some(bypass) = &mut self.bypass {
+                    out.append(&mut bypass.taken);
+                }
+                if queued == 0 {
+                    break;
+                }
+                out.extend_from_slice(self.tx.data());
+                self.tx.clear();
+            }
             // Drain as a reading client would, so streaming can go on.
             out.extend_from_slice(self.tx.data());
             self.tx.clear();
@@ -128,6 +156,28 @@ impl Harness {
         for d in done {
             session::orphaned(&mut self.ctx, d.result);
         }
+    }
+}
+
+/// The harness's bypass: takes what its script says, keeps it for the output.
+struct Scripted {
+    takes: Vec<usize>,
+    turn: usize,
+    taken: Vec<u8>,
+}
+
+impl Bypass for Scripted {
+    fn take(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<usize> {
+        let want = match self.takes.get(self.turn % self.takes.len().max(1)) {
+            Some(&n) => n,
+            None => usize::MAX,
+        };
+        self.turn += 1;
+        let head_part = want.min(head.len());
+        let body_part = (want - head_part).min(body.len());
+        self.taken.extend_from_slice(&head[..head_part]);
+        self.taken.extend_from_slice(&body[..body_part]);
+        Ok(head_part + body_part)
     }
 }
 

@@ -20,7 +20,7 @@ use super::guard::{Attempt, Locked, LoginGuard, Verdict};
 use super::transfer::{self, Download, Opening, Publish, Restarted, Upload, UploadEnd};
 use super::worker::{Job, Lane, Step, Worker};
 use crate::aligned_io::Stage;
-use crate::buf::Buffer;
+use crate::buf::{Buffer, Bypass};
 use crate::jail::{Change, FsError, Jail, Listing, OpenedPartial, Piece, TreeRemoval, VPath};
 use crate::log;
 use crate::proto::{
@@ -917,7 +917,13 @@ fn rename_target(
 /// Fills the send buffer from a streaming reply; returns bytes queued.
 /// A listing queues while fewer than `tx_high` bytes wait (the
 /// connection's backpressure mark); a download fills what room is left.
-pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> usize {
+pub fn pump(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    tx_high: usize,
+    bypass: Option<&mut dyn Bypass>,
+) -> usize {
     match &st.phase {
         Phase::Listing(_) if tx.len() < tx_high => {
             if let Phase::Listing(listing) = std::mem::replace(&mut st.phase, Phase::Waiting) {
@@ -927,7 +933,7 @@ pub fn pump(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, tx_high: usize) -> u
             }
             0
         }
-        Phase::Sending(_) => transfer::pump_download(st, tx, ctx),
+        Phase::Sending(_) => transfer::pump_download(st, tx, ctx, bypass),
         Phase::Batch(_) => {
             batch::pump(st, tx, ctx, tx_high);
             0

@@ -31,7 +31,7 @@ use super::fds::FileSlot;
 use super::log::quoted;
 use super::session::{Ctx, Deferred, DeferredOp, JobResult, Phase, State, defer, resolve};
 use super::worker::{Job, Lane, Step};
-use crate::buf::Buffer;
+use crate::buf::{Buffer, Bypass};
 use crate::frame::{CHUNK_HEADER_MAX, chunk_header};
 use crate::jail::{
     Change, FileId, FsError, Jail, OpenedPartial, PublishError, Published, VPath, stamp,
@@ -1064,9 +1064,17 @@ pub fn begin_download(
     Phase::Sending(down)
 }
 
-/// Reads file chunks into the send buffer while it has room. Returns the
-/// bytes queued.
-pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
+/// Reads file chunks into the send buffer while it has room. Over TLS
+/// (`bypass`), chunks go straight into the TLS layer instead, once what
+/// waits in the send buffer has gone there, until it takes no more; the
+/// rest of a chunk it did not take waits in the buffer. Returns the bytes
+/// queued.
+pub fn pump_download(
+    st: &mut State,
+    tx: &mut Buffer,
+    ctx: &mut Ctx,
+    mut bypass: Option<&mut dyn Bypass>,
+) -> usize {
     let Phase::Sending(down) = &mut st.phase else {
         return 0;
     };
@@ -1075,21 +1083,45 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
         let n = (down.size - down.sent).min(CHUNK_SIZE as u64) as usize;
         let mut header = [0u8; CHUNK_HEADER_MAX];
         let h = chunk_header(REPLY_CHUNK_TAG, n, &mut header);
+        if let Some(bypass) = bypass.as_deref_mut() {
+            // rustls fails only once the connection has, which the write
+            // that follows reports; taking nothing then is right.
+            if !tx.is_empty() {
+                let taken = bypass.take(tx.data(), &[]).unwrap_or(0);
+                tx.consume(taken);
+                if !tx.is_empty() {
+                    // rustls is full: wait for the socket, copy nothing.
+                    break;
+                }
+            }
+            let block = match ctx.stage.read_block(&mut down.file, n) {
+                Ok(block) if block.len() == n => block,
+                Ok(_) => return shrank(st, tx, ctx),
+                Err(e) => return read_failed(st, tx, ctx, &e),
+            };
+            down.hasher.update(block);
+            let taken = bypass.take(&header[..h], block).unwrap_or(0);
+            down.sent += n as u64;
+            queued += h + n;
+            if taken < h + n {
+                // The loop's condition left room for the whole chunk.
+                let head = &header[taken.min(h)..h];
+                let body = &block[taken.saturating_sub(h)..];
+                let space = tx.spare(head.len() + body.len());
+                space[..head.len()].copy_from_slice(head);
+                space[head.len()..head.len() + body.len()].copy_from_slice(body);
+                tx.commit(head.len() + body.len());
+                break;
+            }
+            continue;
+        }
         let space = tx.spare(h + n);
         let got = match ctx.stage.read_full(&mut down.file, &mut space[h..h + n]) {
             Ok(got) => got,
-            Err(e) => {
-                let err = FsError::from_io(&e, &down.path);
-                let message = format!("download failed: {}", err.message);
-                return stop_download(st, tx, ctx, ErrorCode::Io, &message);
-            }
+            Err(e) => return read_failed(st, tx, ctx, &e),
         };
         if got < n {
-            let message = format!(
-                "download of {} failed: the file shrank on the server while being sent",
-                down.path
-            );
-            return stop_download(st, tx, ctx, ErrorCode::TransferFailed, &message);
+            return shrank(st, tx, ctx);
         }
         space[..h].copy_from_slice(&header[..h]);
         down.hasher.update(&space[h..h + n]);
@@ -1105,6 +1137,28 @@ pub fn pump_download(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
         }
     }
     queued
+}
+
+/// A download's file read failed.
+fn read_failed(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx, e: &io::Error) -> usize {
+    let Phase::Sending(down) = &st.phase else {
+        return 0;
+    };
+    let err = FsError::from_io(e, &down.path);
+    let message = format!("download failed: {}", err.message);
+    stop_download(st, tx, ctx, ErrorCode::Io, &message)
+}
+
+/// A download's file ended before its size.
+fn shrank(st: &mut State, tx: &mut Buffer, ctx: &mut Ctx) -> usize {
+    let Phase::Sending(down) = &st.phase else {
+        return 0;
+    };
+    let message = format!(
+        "download of {} failed: the file shrank on the server while being sent",
+        down.path
+    );
+    stop_download(st, tx, ctx, ErrorCode::TransferFailed, &message)
 }
 
 fn stop_download(

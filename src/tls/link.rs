@@ -16,15 +16,16 @@
 //! backpressure sees it. [`Link::has_output`] says whether records are
 //! still waiting for the socket, and [`Link::flush`] sends them.
 //!
-//! The same adapter serves the server (mio sockets) and `ftpload`; the
-//! blocking `ftpc` uses rustls's own `StreamOwned`.
+//! The same adapter serves the server (mio sockets), `ftpload` and the
+//! blocking `ftpc`. The server also writes download chunks through
+//! [`Link::bypass`], past its send buffer, straight into rustls.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::{ChannelBinding, SEND_BUFFER_LIMIT};
-use crate::buf::Buffer;
+use crate::buf::{Buffer, Bypass};
 
 /// Largest socket read the inbox takes by default (a few records).
 pub const INBOX_CAP: usize = 64 * 1024;
@@ -193,6 +194,15 @@ impl Link {
         }
     }
 
+    /// A way past the caller's send buffer for bulk plaintext: rustls, which
+    /// seals what it takes up to its send limit; `None` in clear.
+    pub fn bypass(&mut self) -> Option<&mut dyn Bypass> {
+        match self {
+            Link::Plain => None,
+            Link::Tls(tls) => Some(&mut **tls),
+        }
+    }
+
     /// Whether the peer has sent anything yet (the server's check that a
     /// client speaking in clear gets told why it is refused).
     pub fn heard_from_peer(&self) -> bool {
@@ -200,6 +210,14 @@ impl Link {
             Link::Plain => true,
             Link::Tls(tls) => tls.first_byte.is_some(),
         }
+    }
+}
+
+impl Bypass for Tls {
+    fn take(&mut self, head: &[u8], body: &[u8]) -> io::Result<usize> {
+        self.conn
+            .writer()
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
     }
 }
 
