@@ -47,22 +47,19 @@ impl Stage {
 
     /// Reads until `out` is full or the input ends; returns the bytes read.
     pub fn read_full(&mut self, input: &mut impl Read, out: &mut [u8]) -> io::Result<usize> {
+        if out.len() <= DIRECT_MAX {
+            return fill(input, out);
+        }
         let mut got = 0;
         while got < out.len() {
-            let want = out.len() - got;
-            let read = if want <= DIRECT_MAX {
-                input.read(&mut out[got..])
-            } else {
-                let block = self.block(want);
-                input
-                    .read(block)
-                    .inspect(|&n| out[got..got + n].copy_from_slice(&block[..n]))
-            };
-            match read {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let block = self.block(out.len() - got);
+            let n = fill(input, block)?;
+            out[got..got + n].copy_from_slice(&block[..n]);
+            got += n;
+            // The input ended (an empty block, from a stage of no
+            // capacity, also ends it rather than spinning).
+            if n == 0 || n < block.len() {
+                break;
             }
         }
         Ok(got)
@@ -73,15 +70,7 @@ impl Stage {
     /// them: for a caller that hands the bytes on with a copy of its own.
     pub fn read_block(&mut self, input: &mut impl Read, len: usize) -> io::Result<&[u8]> {
         let block = self.block(len);
-        let mut got = 0;
-        while got < block.len() {
-            match input.read(&mut block[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let got = fill(input, block)?;
         Ok(&block[..got])
     }
 
@@ -108,6 +97,21 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// Reads into `buf` until it is full or the input ends; returns the bytes
+/// read.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
