@@ -1065,10 +1065,9 @@ pub fn begin_download(
 }
 
 /// Reads file chunks into the send buffer while it has room. Over TLS
-/// (`bypass`), chunks go straight into the TLS layer instead, once what
-/// waits in the send buffer has gone there, until it takes no more; the
-/// rest of a chunk it did not take waits in the buffer. Returns the bytes
-/// queued.
+/// (`bypass`), chunks go straight into the TLS layer instead, while nothing
+/// waits in the send buffer, until it takes no more; the rest of a chunk it
+/// did not take waits in the buffer. Returns the bytes queued.
 pub fn pump_download(
     st: &mut State,
     tx: &mut Buffer,
@@ -1084,15 +1083,10 @@ pub fn pump_download(
         let mut header = [0u8; CHUNK_HEADER_MAX];
         let h = chunk_header(REPLY_CHUNK_TAG, n, &mut header);
         if let Some(bypass) = bypass.as_deref_mut() {
-            // rustls fails only once the connection has, which the write
-            // that follows reports; taking nothing then is right.
             if !tx.is_empty() {
-                let taken = bypass.take(tx.data(), &[]).unwrap_or(0);
-                tx.consume(taken);
-                if !tx.is_empty() {
-                    // rustls is full: wait for the socket, copy nothing.
-                    break;
-                }
+                // What waits must leave first: the connection's write moves
+                // it into rustls, then the next pump goes on.
+                break;
             }
             let block = match ctx.stage.read_block(&mut down.file, n) {
                 Ok(block) if block.len() == n => block,
@@ -1100,6 +1094,8 @@ pub fn pump_download(
                 Err(e) => return read_failed(st, tx, ctx, &e),
             };
             down.hasher.update(block);
+            // rustls fails only once the connection has, which the write
+            // that follows reports; taking nothing then is right.
             let taken = bypass.take(&header[..h], block).unwrap_or(0);
             down.sent += n as u64;
             queued += h + n;
