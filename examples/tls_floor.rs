@@ -112,23 +112,26 @@ fn handshake(
             return Ok(((server, client), server_time, client_time));
         }
         let start = Instant::now();
-        wire.clear();
-        while client.wants_write() {
-            client.write_tls(&mut wire)?;
-        }
+        records_out(&mut client, &mut wire)?;
         client_time += start.elapsed();
         let start = Instant::now();
         feed(&mut server, &wire)?;
-        wire.clear();
-        while server.wants_write() {
-            server.write_tls(&mut wire)?;
-        }
+        records_out(&mut server, &mut wire)?;
         server_time += start.elapsed();
         let start = Instant::now();
         feed(&mut client, &wire)?;
         client_time += start.elapsed();
     }
     Err("the handshake did not finish".into())
+}
+
+/// Replaces `wire` with every record `conn` has to send.
+fn records_out<D>(conn: &mut rustls::ConnectionCommon<D>, wire: &mut Vec<u8>) -> Result<()> {
+    wire.clear();
+    while conn.wants_write() {
+        conn.write_tls(wire)?;
+    }
+    Ok(())
 }
 
 /// Hands `wire` to `conn` and processes it.
@@ -171,10 +174,7 @@ fn stream(
         if taken == 0 && sent < bytes && !server.wants_write() {
             return Err("rustls took nothing with its records all sent".into());
         }
-        wire.clear();
-        while server.wants_write() {
-            server.write_tls(&mut wire)?;
-        }
+        records_out(server, &mut wire)?;
         let start = Instant::now();
         let mut records = &wire[..];
         while !records.is_empty() {

@@ -101,26 +101,26 @@ impl Limits {
                 records: PRE_LOGIN_TX_HIGH,
                 inbox: PRE_LOGIN_INBOX,
             }
-        } else if st.phase.is_streaming() {
-            // A download: over TLS its chunks go straight into rustls
-            // (see `pump_download`), and out in large writes.
-            Limits {
-                frame: MAX_FRAME,
-                rx: RX_CAP,
-                tx_high: TX_HIGH,
-                tx_cap: TX_XFER,
-                records: STREAM_SEND_LIMIT,
-                inbox: INBOX_CAP,
-            }
         } else {
+            // A download: over TLS its chunks go straight into rustls (see
+            // `pump_download`), and out in large writes. Otherwise records
+            // come on top of `tx`, which is where the backpressure looks:
+            // keep them to the reply mark.
+            let streaming = st.phase.is_streaming();
             Limits {
                 frame: MAX_FRAME,
                 rx: RX_CAP,
                 tx_high: TX_HIGH,
-                tx_cap: TX_HIGH + MAX_FRAME + frame::HEADER_LEN,
-                // Records come on top of `tx`, which is where the
-                // backpressure looks: keep them to the reply mark.
-                records: TX_HIGH,
+                tx_cap: if streaming {
+                    TX_XFER
+                } else {
+                    TX_HIGH + MAX_FRAME + frame::HEADER_LEN
+                },
+                records: if streaming {
+                    STREAM_SEND_LIMIT
+                } else {
+                    TX_HIGH
+                },
                 inbox: INBOX_CAP,
             }
         }
